@@ -1,0 +1,1 @@
+//! The HTTP API: poem-openapi operations, DTOs, errors, auth, openapi_service()

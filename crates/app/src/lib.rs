@@ -1,0 +1,1 @@
+//! JCT use cases: load, decide, append; the API and worker call these

@@ -1,0 +1,1 @@
+//! The jct binary: up, serve, worker, migrate, projections, audit, bench

@@ -1,0 +1,2 @@
+//! The `jct` binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The PostgreSQL event store: the append-only audit_log, hash chain, subscriptions, migrations

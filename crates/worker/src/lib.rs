@@ -1,0 +1,1 @@
+//! The task worker: wake on TaskEnqueued, claim, run handlers, append run events

@@ -45,7 +45,9 @@ impl EntityKind {
     }
 
     pub fn parse(text: &str) -> Option<EntityKind> {
-        EntityKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+        EntityKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
     }
 }
 
@@ -89,7 +91,9 @@ impl Action {
     }
 
     pub fn parse(text: &str) -> Option<Action> {
-        Action::ALL.into_iter().find(|action| action.as_str() == text)
+        Action::ALL
+            .into_iter()
+            .find(|action| action.as_str() == text)
     }
 }
 
@@ -114,7 +118,9 @@ impl ActorKind {
     }
 
     pub fn parse(text: &str) -> Option<ActorKind> {
-        ActorKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+        ActorKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
     }
 }
 
@@ -127,7 +133,10 @@ pub struct Actor {
 
 impl Actor {
     pub fn system(id: &str) -> Actor {
-        Actor { kind: ActorKind::System, id: id.to_owned() }
+        Actor {
+            kind: ActorKind::System,
+            id: id.to_owned(),
+        }
     }
 }
 
@@ -140,7 +149,10 @@ pub struct StreamId {
 
 impl StreamId {
     pub fn new(kind: EntityKind, id: impl Into<String>) -> StreamId {
-        StreamId { kind, id: id.into() }
+        StreamId {
+            kind,
+            id: id.into(),
+        }
     }
 }
 

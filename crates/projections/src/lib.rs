@@ -1,1 +1,32 @@
-//! Read models folded from audit_log: tasks, cwom_*, task_queue, trace folders; runner and rebuild
+//! Read models folded from `audit_log`, and the machinery that keeps them current and rebuilds them.
+//!
+//! Duties:
+//! - the [`Projection`] contract: a name, a version, its tables' DDL, and `apply(event)`;
+//! - [`runner`]: install, catch up (checkpoint committed with the changes), wait for a position
+//!   (read-your-writes), the background loop woken by `NOTIFY`;
+//! - [`rebuild`]: build a new version beside the live one in a shadow schema and swap it in atomically;
+//! - the read models themselves, one module each, with the queries the API reads them with.
+//!
+//! Architecture invariant: a projection's tables change only in `apply`, in the transaction that also moves
+//! its checkpoint, and `apply` is deterministic (no clock, no randomness, no IO outside the transaction), so
+//! a rebuild from the log equals the incrementally maintained model row for row.
+
+pub mod rebuild;
+pub mod runner;
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+use store::RecordedEvent;
+
+/// A read model folded from the log.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name; the key of its checkpoint row.
+    fn name(&self) -> &'static str;
+    /// The version of its schema and fold. Bump it whenever either changes; the next start rebuilds it.
+    fn version(&self) -> i32;
+    /// DDL creating its tables with unqualified names (run with `search_path` set to the target schema).
+    fn schema(&self) -> &'static str;
+    /// Applies one event (already upcast). Must ignore events it does not care about.
+    async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()>;
+}

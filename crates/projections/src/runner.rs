@@ -1,0 +1,235 @@
+//! Keeping projections current: install, catch up in checkpointed batches, wait for a position, run forever.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::Future;
+use sqlx::{PgPool, Row};
+use store::{read::read_after, Upcasters, Wakeup};
+
+use crate::Projection;
+
+/// How many events one catch-up transaction applies at most.
+pub const BATCH_SIZE: i64 = 2000;
+
+/// Creates the projection's tables and checkpoint if it has none; rebuilds it if its live version is not the
+/// version of the code. Safe to call from several processes at once.
+pub async fn install(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    upcasters: &Upcasters,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock(hashtext('projection:' || $1))")
+        .bind(projection.name())
+        .execute(&mut *tx)
+        .await?;
+    let live: Option<i32> =
+        sqlx::query_scalar("select version from projection_checkpoints where name = $1")
+            .bind(projection.name())
+            .fetch_optional(&mut *tx)
+            .await?;
+    match live {
+        Some(version) if version == projection.version() => Ok(()),
+        Some(version) => {
+            tx.commit().await?;
+            tracing::info!(
+                projection = projection.name(),
+                "live version {version} differs from code version {}; rebuilding",
+                projection.version()
+            );
+            crate::rebuild::rebuild(pool, projection, upcasters, &|_| {})
+                .await
+                .map(|_| ())
+        }
+        None => {
+            sqlx::raw_sql(projection.schema())
+                .execute(&mut *tx)
+                .await
+                .with_context(|| {
+                    format!("create the tables of projection {}", projection.name())
+                })?;
+            sqlx::query(
+                "insert into projection_checkpoints (name, version, position) values ($1, $2, 0)",
+            )
+            .bind(projection.name())
+            .bind(projection.version())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+    }
+}
+
+/// The projection's checkpoint: the last position applied.
+pub async fn checkpoint(pool: &PgPool, name: &str) -> anyhow::Result<i64> {
+    sqlx::query_scalar("select position from projection_checkpoints where name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await?
+        .with_context(|| format!("projection {name} is not installed"))
+}
+
+/// Applies one batch: locks the checkpoint row (so one applier at a time, across processes), applies the events
+/// after it, moves it to the last event actually read, and commits. Returns the number applied.
+pub async fn apply_batch(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    upcasters: &Upcasters,
+    limit: i64,
+) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "select version, position from projection_checkpoints where name = $1 for update",
+    )
+    .bind(projection.name())
+    .fetch_optional(&mut *tx)
+    .await?
+    .with_context(|| format!("projection {} is not installed", projection.name()))?;
+    let version: i32 = row.try_get("version")?;
+    anyhow::ensure!(
+        version == projection.version(),
+        "projection {} is live at version {version} but the code is at {}; run `jct projections rebuild {}`",
+        projection.name(),
+        projection.version(),
+        projection.name()
+    );
+    let position: i64 = row.try_get("position")?;
+    let events = read_after(&mut *tx, position, limit).await?;
+    let Some(last) = events.last().map(|event| event.position) else {
+        return Ok(0);
+    };
+    for event in &events {
+        let event = upcasters.upcast(event.clone());
+        projection.apply(&mut tx, &event).await.with_context(|| {
+            format!(
+                "apply event {} ({}) to projection {}",
+                event.position,
+                event.event_type,
+                projection.name()
+            )
+        })?;
+    }
+    sqlx::query(
+        "update projection_checkpoints set position = $2, updated_at = now() where name = $1",
+    )
+    .bind(projection.name())
+    .bind(last)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(events.len())
+}
+
+/// Applies batches until the projection has caught up with the log. Returns the number applied.
+pub async fn catch_up(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    upcasters: &Upcasters,
+) -> anyhow::Result<usize> {
+    let mut applied = 0;
+    loop {
+        let n_applied = apply_batch(pool, projection, upcasters, BATCH_SIZE).await?;
+        applied += n_applied;
+        if n_applied < BATCH_SIZE as usize {
+            return Ok(applied);
+        }
+    }
+}
+
+/// Read-your-writes: returns once each projection has applied `position`, catching up itself if needed.
+/// Fails after `timeout`.
+pub async fn wait_for(
+    pool: &PgPool,
+    projections: &[Arc<dyn Projection>],
+    upcasters: &Upcasters,
+    position: i64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for projection in projections {
+        while checkpoint(pool, projection.name()).await? < position {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "projection {} did not reach position {position} within {timeout:?}",
+                projection.name()
+            );
+            // Blocks while another applier holds the checkpoint row, then applies whatever is left.
+            apply_batch(pool, projection.as_ref(), upcasters, BATCH_SIZE).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps every projection current until `shutdown` resolves: wakes on `NOTIFY`, polls every `poll_interval`,
+/// and catches up after any reconnect. Errors are logged and retried; they never end the loop.
+pub async fn run(
+    pool: PgPool,
+    projections: Vec<Arc<dyn Projection>>,
+    upcasters: Upcasters,
+    poll_interval: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut wakeup = Wakeup::new(pool.clone(), poll_interval).await;
+    tokio::pin!(shutdown);
+    loop {
+        wakeup.drain().await;
+        for projection in &projections {
+            if let Err(error) = catch_up(&pool, projection.as_ref(), &upcasters).await {
+                tracing::error!(
+                    projection = projection.name(),
+                    "failed to catch up: {error:#}"
+                );
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = wakeup.wait() => {}
+        }
+    }
+}
+
+/// One projection's state for `jct projections status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProjectionStatus {
+    pub name: String,
+    pub code_version: i32,
+    pub live_version: Option<i32>,
+    pub checkpoint: Option<i64>,
+    pub head: i64,
+    pub lag: Option<i64>,
+}
+
+/// Version, checkpoint and lag of each projection.
+pub async fn status(
+    pool: &PgPool,
+    projections: &[Arc<dyn Projection>],
+) -> anyhow::Result<Vec<ProjectionStatus>> {
+    let head = store::read::head_position(pool).await?;
+    let mut statuses = Vec::new();
+    for projection in projections {
+        let row =
+            sqlx::query("select version, position from projection_checkpoints where name = $1")
+                .bind(projection.name())
+                .fetch_optional(pool)
+                .await?;
+        let (live_version, checkpoint) = match row {
+            Some(row) => (
+                Some(row.try_get("version")?),
+                Some(row.try_get::<i64, _>("position")?),
+            ),
+            None => (None, None),
+        };
+        statuses.push(ProjectionStatus {
+            name: projection.name().to_owned(),
+            code_version: projection.version(),
+            live_version,
+            checkpoint,
+            head,
+            lag: checkpoint.map(|checkpoint| head - checkpoint),
+        });
+    }
+    Ok(statuses)
+}

@@ -1,0 +1,608 @@
+//! Appending commands to `audit_log`: one transaction per batch, one advisory lock for every appender.
+//!
+//! Concurrent callers in one process are grouped by a single batching task (group commit): it takes every
+//! command waiting, checks and appends them in one transaction, and answers each caller separately. Each
+//! command is still all-or-nothing: a command that fails its checks contributes no event, and the others in
+//! its batch are unaffected. Across processes the advisory lock serialises batches, so `position` is gapless
+//! and committed in order (docs/adr/0002-no-reader-skips-an-event.md).
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use domain::event::{Actor, EventData, StreamId};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::canonical::{canonical_bytes, chain_hash, CanonicalEvent, GENESIS_HASH};
+use crate::record::RecordedEvent;
+use crate::EVENTS_CHANNEL;
+
+/// The key of the transaction-scoped advisory lock every append takes. Arbitrary, fixed forever.
+pub const APPEND_LOCK_KEY: i64 = 0x4a43_545f_4c4f_47; // "JCT_LOG"
+
+/// The most commands one batch takes; bounds the transaction's size and the time a caller waits behind others.
+const MAX_COMMANDS_PER_BATCH: usize = 256;
+
+/// How many commands may wait for the batching task before `append` callers wait for room.
+const QUEUE_CAPACITY: usize = 4096;
+
+/// The version a command expects a stream to be at before its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have this version.
+    Exactly(i32),
+}
+
+/// One event of a command, with who did it and the unique keys it claims (e.g. `repo_slug:acme/svc`).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub data: EventData,
+    pub actor: Actor,
+    pub unique_keys: Vec<String>,
+}
+
+impl NewEvent {
+    pub fn new(data: EventData, actor: Actor) -> NewEvent {
+        NewEvent {
+            data,
+            actor,
+            unique_keys: Vec::new(),
+        }
+    }
+
+    pub fn claiming(mut self, key: String) -> NewEvent {
+        self.unique_keys.push(key);
+        self
+    }
+}
+
+/// Everything one command appends: committed together or not at all.
+#[derive(Debug, Clone, Default)]
+pub struct NewCommand {
+    pub events: Vec<NewEvent>,
+    /// Optimistic concurrency: the version each listed stream must be at. Unlisted streams are not checked.
+    pub expected: Vec<(StreamId, ExpectedVersion)>,
+    /// A key that may belong to one command only; a repeat is [`AppendError::DuplicateIdempotencyKey`].
+    pub idempotency_key: Option<String>,
+    pub trace_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+}
+
+/// What a successful append stored.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub events: Vec<RecordedEvent>,
+}
+
+impl Appended {
+    /// The position of the command's last event: wait for projections to pass it for read-your-writes.
+    pub fn last_position(&self) -> i64 {
+        self.events.last().map_or(0, |event| event.position)
+    }
+}
+
+/// Why a command was not appended. Callers branch on every variant.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("stream {stream} is at version {actual}, the command expected {expected:?}")]
+    Conflict {
+        stream: StreamId,
+        expected: ExpectedVersion,
+        actual: i32,
+    },
+    #[error("idempotency key {key:?} already belongs to {existing}")]
+    DuplicateIdempotencyKey { key: String, existing: StreamId },
+    #[error("unique key {key:?} already belongs to {existing}")]
+    UniqueKeyTaken { key: String, existing: StreamId },
+    #[error("invalid command: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The append side of the event store. Cheap to clone; all clones share one batching task.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    queue: mpsc::Sender<Pending>,
+}
+
+struct Pending {
+    command: NewCommand,
+    reply: oneshot::Sender<Result<Appended, AppendError>>,
+}
+
+impl EventStore {
+    /// Starts the batching task on the current tokio runtime. It ends when the last clone is dropped.
+    pub fn new(pool: PgPool) -> EventStore {
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(run_batches(pool.clone(), receiver));
+        EventStore { pool, queue }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends one command's events atomically and returns them as stored.
+    pub async fn append(&self, command: NewCommand) -> Result<Appended, AppendError> {
+        validate(&command)?;
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| anyhow::anyhow!("the append task has stopped"))?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the append task dropped the command"))?
+    }
+}
+
+async fn run_batches(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
+    let mut waiting = Vec::with_capacity(MAX_COMMANDS_PER_BATCH);
+    while receiver
+        .recv_many(&mut waiting, MAX_COMMANDS_PER_BATCH)
+        .await
+        > 0
+    {
+        let batch: Vec<Pending> = std::mem::take(&mut waiting);
+        let (commands, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|pending| (pending.command, pending.reply))
+            .unzip();
+        let results = append_in_own_transaction(&pool, commands.clone()).await;
+        let results = match results {
+            Ok(results) => results,
+            Err(error) if commands.len() > 1 => {
+                // One command may have broken the whole batch (a database check, say): retry each alone so
+                // the others still land and only the culprit fails.
+                tracing::warn!(
+                    "failed to append a batch of {}, retrying one by one: {error:#}",
+                    commands.len()
+                );
+                let mut results = Vec::with_capacity(commands.len());
+                for command in commands {
+                    results.push(
+                        match append_in_own_transaction(&pool, vec![command]).await {
+                            Ok(mut one) => one.pop().expect("one result per command"),
+                            Err(error) => Err(AppendError::Internal(error)),
+                        },
+                    );
+                }
+                results
+            }
+            Err(error) => vec![Err(AppendError::Internal(error))],
+        };
+        for (reply, result) in replies.into_iter().zip(results) {
+            // A caller that gave up waiting is not an error: its events are committed either way.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+async fn append_in_own_transaction(
+    pool: &PgPool,
+    commands: Vec<NewCommand>,
+) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
+    let mut tx = pool.begin().await.context("begin append transaction")?;
+    let results = append_batch(&mut tx, commands).await?;
+    tx.commit().await.context("commit append transaction")?;
+    Ok(results)
+}
+
+fn validate(command: &NewCommand) -> Result<(), AppendError> {
+    if command.events.is_empty() {
+        return Err(AppendError::Invalid(
+            "a command must append at least one event".into(),
+        ));
+    }
+    // PostgreSQL can store U+0000 neither in text nor in jsonb; refuse it here so it cannot fail a batch.
+    let texts = [
+        &command.idempotency_key,
+        &command.trace_id,
+        &command.correlation_id,
+        &command.causation_id,
+    ];
+    let mut has_nul = texts
+        .iter()
+        .any(|text| text.as_deref().is_some_and(|text| text.contains('\0')));
+    for event in &command.events {
+        has_nul |= event.actor.id.contains('\0')
+            || event.data.stream.id.contains('\0')
+            || event.data.event_type.contains('\0')
+            || event
+                .data
+                .note
+                .as_deref()
+                .is_some_and(|note| note.contains('\0'))
+            || event.unique_keys.iter().any(|key| key.contains('\0'))
+            || contains_nul(&event.data.payload)
+            || event.data.before.as_ref().is_some_and(contains_nul)
+            || event.data.after.as_ref().is_some_and(contains_nul);
+    }
+    if has_nul {
+        return Err(AppendError::Invalid(
+            "text must not contain the NUL character (U+0000)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains('\0') || contains_nul(value)),
+        _ => false,
+    }
+}
+
+/// The idempotency key's entry in `unique_claims`.
+fn idempotency_claim(key: &str) -> String {
+    format!("idempotency:{key}")
+}
+
+/// Appends `commands` inside the caller's transaction, without committing: takes the append lock, checks each
+/// command against the log as it stands (and against the commands before it in the batch), inserts the events
+/// of the commands that pass, and queues the `NOTIFY` for commit. Public so tests can hold a transaction open.
+pub async fn append_batch(
+    conn: &mut PgConnection,
+    commands: Vec<NewCommand>,
+) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
+    for command in &commands {
+        if let Err(error) = validate(command) {
+            anyhow::bail!("{error}");
+        }
+    }
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(APPEND_LOCK_KEY)
+        .execute(&mut *conn)
+        .await
+        .context("take the append lock")?;
+
+    // What the checks need, read in one round trip now that no other appender can move the log.
+    let mut stream_kinds = Vec::new();
+    let mut stream_ids = Vec::new();
+    let mut claim_keys = Vec::new();
+    for command in &commands {
+        for event in &command.events {
+            stream_kinds.push(event.data.stream.kind.as_str().to_owned());
+            stream_ids.push(event.data.stream.id.clone());
+            claim_keys.extend(event.unique_keys.iter().cloned());
+        }
+        for (stream, _) in &command.expected {
+            stream_kinds.push(stream.kind.as_str().to_owned());
+            stream_ids.push(stream.id.clone());
+        }
+        if let Some(key) = &command.idempotency_key {
+            claim_keys.push(idempotency_claim(key));
+        }
+    }
+    let rows = sqlx::query(
+        "select 'head' as what, null::text as a, null::text as b, null::text as c, position as n, hash \
+           from (select position, hash from audit_log order by position desc limit 1) as head \
+         union all \
+         select 'stream', s.kind, s.id, null, \
+                (select max(stream_version) from audit_log l where l.entity_kind = s.kind and l.entity_id = s.id), \
+                null \
+           from (select distinct kind, id from unnest($1::text[], $2::text[]) as u(kind, id)) as s \
+         union all \
+         select 'claim', c.key, c.entity_kind, c.entity_id, c.position, null \
+           from unique_claims c where c.key = any($3::text[])",
+    )
+    .bind(&stream_kinds)
+    .bind(&stream_ids)
+    .bind(&claim_keys)
+    .fetch_all(&mut *conn)
+    .await
+    .context("read the log head, stream versions and claims")?;
+
+    let mut head_position = 0_i64;
+    let mut head_hash = GENESIS_HASH.to_vec();
+    let mut versions: HashMap<(String, String), i32> = HashMap::new();
+    let mut claims: HashMap<String, StreamId> = HashMap::new();
+    for row in &rows {
+        let what: &str = row.try_get("what")?;
+        match what {
+            "head" => {
+                head_position = row.try_get("n")?;
+                head_hash = row.try_get("hash")?;
+            }
+            "stream" => {
+                let version: Option<i64> = row.try_get("n")?;
+                versions.insert(
+                    (row.try_get("a")?, row.try_get("b")?),
+                    i32::try_from(version.unwrap_or(0)).context("stream version out of range")?,
+                );
+            }
+            _ => {
+                let kind: String = row.try_get("b")?;
+                let kind = domain::event::EntityKind::parse(&kind)
+                    .with_context(|| format!("unknown entity kind {kind:?} in unique_claims"))?;
+                claims.insert(
+                    row.try_get("a")?,
+                    StreamId::new(kind, row.try_get::<String, _>("c")?),
+                );
+            }
+        }
+    }
+
+    let ts = now_micros();
+    let mut rows_to_insert = InsertColumns::default();
+    let mut results = Vec::with_capacity(commands.len());
+    for command in commands {
+        match check(&command, &versions, &claims) {
+            Err(rejection) => results.push(Err(rejection)),
+            Ok(()) => {
+                let mut recorded = Vec::with_capacity(command.events.len());
+                for event in command.events {
+                    let stream_key = (
+                        event.data.stream.kind.as_str().to_owned(),
+                        event.data.stream.id.clone(),
+                    );
+                    let version = versions.entry(stream_key).or_insert(0);
+                    *version += 1;
+                    head_position += 1;
+                    let event_id = ulid::Ulid::new().to_string();
+                    let mut unique_keys = event.unique_keys;
+                    if recorded.is_empty() {
+                        if let Some(key) = &command.idempotency_key {
+                            unique_keys.insert(0, idempotency_claim(key));
+                        }
+                    }
+                    for key in &unique_keys {
+                        claims.insert(key.clone(), event.data.stream.clone());
+                    }
+                    let mut record = RecordedEvent {
+                        position: head_position,
+                        event_id,
+                        ts,
+                        stream: event.data.stream,
+                        stream_version: *version,
+                        event_type: event.data.event_type,
+                        schema_version: event.data.schema_version,
+                        payload: event.data.payload,
+                        action: event.data.action,
+                        actor_kind: event.actor.kind,
+                        actor_id: event.actor.id,
+                        before: event.data.before,
+                        after: event.data.after,
+                        note: event.data.note,
+                        trace_id: command.trace_id.clone(),
+                        correlation_id: command.correlation_id.clone(),
+                        causation_id: command.causation_id.clone(),
+                        idempotency_key: command.idempotency_key.clone(),
+                        unique_keys,
+                        prev_hash: head_hash,
+                        hash: Vec::new(),
+                    };
+                    record.hash =
+                        chain_hash(&record.prev_hash, &canonical_bytes(&canonical_of(&record)))
+                            .to_vec();
+                    head_hash = record.hash.clone();
+                    rows_to_insert.push(&record);
+                    recorded.push(record);
+                }
+                results.push(Ok(Appended { events: recorded }));
+            }
+        }
+    }
+
+    if !rows_to_insert.position.is_empty() {
+        rows_to_insert.insert(conn, head_position).await?;
+    }
+    Ok(results)
+}
+
+/// Checks one command against the versions and claims as they stand, including earlier commands of the batch.
+fn check(
+    command: &NewCommand,
+    versions: &HashMap<(String, String), i32>,
+    claims: &HashMap<String, StreamId>,
+) -> Result<(), AppendError> {
+    if let Some(key) = &command.idempotency_key {
+        if let Some(existing) = claims.get(&idempotency_claim(key)) {
+            return Err(AppendError::DuplicateIdempotencyKey {
+                key: key.clone(),
+                existing: existing.clone(),
+            });
+        }
+    }
+    for (stream, expected) in &command.expected {
+        let actual = versions
+            .get(&(stream.kind.as_str().to_owned(), stream.id.clone()))
+            .copied()
+            .unwrap_or(0);
+        let ok = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exactly(version) => actual == *version,
+        };
+        if !ok {
+            return Err(AppendError::Conflict {
+                stream: stream.clone(),
+                expected: *expected,
+                actual,
+            });
+        }
+    }
+    let mut claimed_here: HashMap<&str, &StreamId> = HashMap::new();
+    for event in &command.events {
+        for key in &event.unique_keys {
+            let owner = claims
+                .get(key)
+                .or_else(|| claimed_here.get(key.as_str()).copied());
+            if let Some(existing) = owner {
+                if *existing != event.data.stream {
+                    return Err(AppendError::UniqueKeyTaken {
+                        key: key.clone(),
+                        existing: existing.clone(),
+                    });
+                }
+            }
+            claimed_here.insert(key, &event.data.stream);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn canonical_of(record: &RecordedEvent) -> CanonicalEvent<'_> {
+    CanonicalEvent {
+        position: record.position,
+        event_id: &record.event_id,
+        ts: record.ts,
+        entity_kind: record.stream.kind.as_str(),
+        entity_id: &record.stream.id,
+        stream_version: record.stream_version,
+        event_type: &record.event_type,
+        schema_version: record.schema_version,
+        payload: &record.payload,
+        action: record.action.as_str(),
+        actor_kind: record.actor_kind.as_str(),
+        actor_id: &record.actor_id,
+        before: record.before.as_ref(),
+        after: record.after.as_ref(),
+        note: record.note.as_deref(),
+        trace_id: record.trace_id.as_deref(),
+        correlation_id: record.correlation_id.as_deref(),
+        causation_id: record.causation_id.as_deref(),
+        idempotency_key: record.idempotency_key.as_deref(),
+        unique_keys: &record.unique_keys,
+    }
+}
+
+/// The current time at the microsecond precision PostgreSQL stores, so hashes recompute from stored rows.
+fn now_micros() -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is representable")
+}
+
+/// Column arrays for one multi-row insert through `unnest`.
+#[derive(Default)]
+struct InsertColumns {
+    position: Vec<i64>,
+    event_id: Vec<String>,
+    ts: Vec<DateTime<Utc>>,
+    entity_kind: Vec<&'static str>,
+    entity_id: Vec<String>,
+    stream_version: Vec<i32>,
+    event_type: Vec<String>,
+    schema_version: Vec<i32>,
+    payload: Vec<Value>,
+    action: Vec<&'static str>,
+    actor_kind: Vec<&'static str>,
+    actor_id: Vec<String>,
+    before: Vec<Option<Value>>,
+    after: Vec<Option<Value>>,
+    note: Vec<Option<String>>,
+    trace_id: Vec<Option<String>>,
+    correlation_id: Vec<Option<String>>,
+    causation_id: Vec<Option<String>>,
+    idempotency_key: Vec<Option<String>>,
+    unique_keys: Vec<Value>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+    claim_key: Vec<String>,
+    claim_kind: Vec<&'static str>,
+    claim_id: Vec<String>,
+    claim_position: Vec<i64>,
+}
+
+impl InsertColumns {
+    fn push(&mut self, record: &RecordedEvent) {
+        self.position.push(record.position);
+        self.event_id.push(record.event_id.clone());
+        self.ts.push(record.ts);
+        self.entity_kind.push(record.stream.kind.as_str());
+        self.entity_id.push(record.stream.id.clone());
+        self.stream_version.push(record.stream_version);
+        self.event_type.push(record.event_type.clone());
+        self.schema_version.push(record.schema_version);
+        self.payload.push(record.payload.clone());
+        self.action.push(record.action.as_str());
+        self.actor_kind.push(record.actor_kind.as_str());
+        self.actor_id.push(record.actor_id.clone());
+        self.before.push(record.before.clone());
+        self.after.push(record.after.clone());
+        self.note.push(record.note.clone());
+        self.trace_id.push(record.trace_id.clone());
+        self.correlation_id.push(record.correlation_id.clone());
+        self.causation_id.push(record.causation_id.clone());
+        self.idempotency_key.push(record.idempotency_key.clone());
+        self.unique_keys
+            .push(Value::from(record.unique_keys.clone()));
+        self.prev_hash.push(record.prev_hash.clone());
+        self.hash.push(record.hash.clone());
+        for key in &record.unique_keys {
+            self.claim_key.push(key.clone());
+            self.claim_kind.push(record.stream.kind.as_str());
+            self.claim_id.push(record.stream.id.clone());
+            self.claim_position.push(record.position);
+        }
+    }
+
+    async fn insert(self, conn: &mut PgConnection, last_position: i64) -> anyhow::Result<()> {
+        sqlx::query(
+            "with events as ( \
+               insert into audit_log (position, event_id, ts, entity_kind, entity_id, stream_version, event_type, \
+                 schema_version, payload, action, actor_kind, actor_id, before, after, note, trace_id, \
+                 correlation_id, causation_id, idempotency_key, unique_keys, prev_hash, hash) \
+               select u.position, u.event_id, u.ts, u.entity_kind, u.entity_id, u.stream_version, u.event_type, \
+                 u.schema_version, u.payload, u.action, u.actor_kind, u.actor_id, u.before, u.after, u.note, \
+                 u.trace_id, u.correlation_id, u.causation_id, u.idempotency_key, \
+                 array(select jsonb_array_elements_text(u.unique_keys)), u.prev_hash, u.hash \
+               from unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::int[], \
+                 $7::text[], $8::int[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::jsonb[], \
+                 $14::jsonb[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::jsonb[], \
+                 $21::bytea[], $22::bytea[]) \
+               as u(position, event_id, ts, entity_kind, entity_id, stream_version, event_type, schema_version, \
+                 payload, action, actor_kind, actor_id, before, after, note, trace_id, correlation_id, \
+                 causation_id, idempotency_key, unique_keys, prev_hash, hash) \
+             ), claims as ( \
+               insert into unique_claims (key, entity_kind, entity_id, position) \
+               select * from unnest($23::text[], $24::text[], $25::text[], $26::bigint[]) \
+             ) \
+             select pg_notify($27, $28)",
+        )
+        .bind(&self.position)
+        .bind(&self.event_id)
+        .bind(&self.ts)
+        .bind(&self.entity_kind)
+        .bind(&self.entity_id)
+        .bind(&self.stream_version)
+        .bind(&self.event_type)
+        .bind(&self.schema_version)
+        .bind(&self.payload)
+        .bind(&self.action)
+        .bind(&self.actor_kind)
+        .bind(&self.actor_id)
+        .bind(&self.before)
+        .bind(&self.after)
+        .bind(&self.note)
+        .bind(&self.trace_id)
+        .bind(&self.correlation_id)
+        .bind(&self.causation_id)
+        .bind(&self.idempotency_key)
+        .bind(&self.unique_keys)
+        .bind(&self.prev_hash)
+        .bind(&self.hash)
+        .bind(&self.claim_key)
+        .bind(&self.claim_kind)
+        .bind(&self.claim_id)
+        .bind(&self.claim_position)
+        .bind(EVENTS_CHANNEL)
+        .bind(last_position.to_string())
+        .execute(conn)
+        .await
+        .context("insert events")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,59 @@
+//! Reading the log: everything after a position, one stream, the head. Always in position order.
+
+use anyhow::Context as _;
+use domain::event::StreamId;
+use sqlx::PgExecutor;
+
+use crate::record::{RecordedEvent, COLUMNS};
+
+/// Up to `limit` events with a position greater than `after`, in position order.
+///
+/// Because appends are serialised and commit in position order, a reader that continues from the last
+/// position it actually read never skips an event (docs/adr/0002-no-reader-skips-an-event.md).
+pub async fn read_after<'c>(
+    executor: impl PgExecutor<'c>,
+    after: i64,
+    limit: i64,
+) -> anyhow::Result<Vec<RecordedEvent>> {
+    let rows = sqlx::query(&format!(
+        "select {COLUMNS} from audit_log where position > $1 order by position limit $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+    .context("read events after a position")?;
+    rows.iter()
+        .map(|row| RecordedEvent::from_row(row).context("decode event"))
+        .collect()
+}
+
+/// Every event of one stream, in order, optionally only up to a position (for as-of reads).
+pub async fn read_stream<'c>(
+    executor: impl PgExecutor<'c>,
+    stream: &StreamId,
+    up_to_position: Option<i64>,
+) -> anyhow::Result<Vec<RecordedEvent>> {
+    let rows = sqlx::query(&format!(
+        "select {COLUMNS} from audit_log where entity_kind = $1 and entity_id = $2 and position <= $3 \
+         order by stream_version"
+    ))
+    .bind(stream.kind.as_str())
+    .bind(&stream.id)
+    .bind(up_to_position.unwrap_or(i64::MAX))
+    .fetch_all(executor)
+    .await
+    .context("read a stream")?;
+    rows.iter()
+        .map(|row| RecordedEvent::from_row(row).context("decode event"))
+        .collect()
+}
+
+/// The position of the last event, 0 for an empty log.
+pub async fn head_position<'c>(executor: impl PgExecutor<'c>) -> anyhow::Result<i64> {
+    let head: Option<i64> = sqlx::query_scalar("select max(position) from audit_log")
+        .fetch_one(executor)
+        .await
+        .context("read the head position")?;
+    Ok(head.unwrap_or(0))
+}

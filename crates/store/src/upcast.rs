@@ -1,0 +1,46 @@
+//! Upcasters: stored events never change; readers lift old payload versions to the current one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::record::RecordedEvent;
+
+type UpcastFn = Arc<dyn Fn(Value) -> Value + Send + Sync>;
+
+/// A registry of `(event type, from version) → payload of version + 1` functions.
+#[derive(Clone, Default)]
+pub struct Upcasters {
+    steps: HashMap<(String, i32), UpcastFn>,
+}
+
+impl Upcasters {
+    pub fn new() -> Upcasters {
+        Upcasters::default()
+    }
+
+    /// Registers the step that turns version `from_version` of `event_type` into version `from_version + 1`.
+    pub fn register(
+        mut self,
+        event_type: &str,
+        from_version: i32,
+        step: impl Fn(Value) -> Value + Send + Sync + 'static,
+    ) -> Upcasters {
+        self.steps
+            .insert((event_type.to_owned(), from_version), Arc::new(step));
+        self
+    }
+
+    /// The event with its payload lifted through every registered step; the stored row is untouched.
+    pub fn upcast(&self, mut event: RecordedEvent) -> RecordedEvent {
+        while let Some(step) = self
+            .steps
+            .get(&(event.event_type.clone(), event.schema_version))
+        {
+            event.payload = step(std::mem::take(&mut event.payload));
+            event.schema_version += 1;
+        }
+        event
+    }
+}

@@ -1,0 +1,240 @@
+//! Appends: positions, stream versions, optimistic concurrency, idempotency, unique claims, upcasting.
+
+use domain::event::{EntityKind, StreamId};
+use store::{read, AppendError, EventStore, ExpectedVersion, NewCommand, Upcasters};
+
+use crate::support::{command, event, fresh_pool};
+
+#[tokio::test]
+async fn a_command_appends_its_events_with_consecutive_positions_and_stream_versions() {
+    let pool = fresh_pool(4).await;
+    let store = EventStore::new(pool.clone());
+    let first = store.append(command(7)).await.unwrap();
+    let second = store.append(command(1)).await.unwrap();
+    let positions: Vec<i64> = first
+        .events
+        .iter()
+        .chain(&second.events)
+        .map(|event| event.position)
+        .collect();
+    assert_eq!(positions, (1..=8).collect::<Vec<_>>());
+    let versions: Vec<i32> = first
+        .events
+        .iter()
+        .map(|event| event.stream_version)
+        .collect();
+    assert_eq!(versions, (1..=7).collect::<Vec<_>>());
+    assert_eq!(second.events[0].stream_version, 1);
+    let stored = read::read_after(&pool, 0, 100).await.unwrap();
+    assert_eq!(
+        stored,
+        first
+            .events
+            .iter()
+            .chain(&second.events)
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(first.last_position(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_two_appenders_expecting_the_same_version_exactly_one_wins() {
+    let pool = fresh_pool(8).await;
+    let stream = StreamId::new(EntityKind::Task, ulid::Ulid::new().to_string());
+    let setup = EventStore::new(pool.clone());
+    setup
+        .append(NewCommand {
+            events: vec![event(&stream, "TestHappened", serde_json::json!({}))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    for round in 0..20 {
+        let expected = ExpectedVersion::Exactly(round + 1);
+        // Separate stores: separate batching tasks and connections, racing for the lock.
+        let racers: Vec<_> = (0..2)
+            .map(|racer| {
+                let store = EventStore::new(pool.clone());
+                let stream = stream.clone();
+                tokio::spawn(async move {
+                    store
+                        .append(NewCommand {
+                            events: vec![event(
+                                &stream,
+                                "TestChanged",
+                                serde_json::json!({ "racer": racer }),
+                            )],
+                            expected: vec![(stream.clone(), expected)],
+                            ..Default::default()
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        let mut conflicts = 0;
+        for racer in racers {
+            match racer.await.unwrap() {
+                Ok(_) => wins += 1,
+                Err(AppendError::Conflict { actual, .. }) => {
+                    assert_eq!(actual, round + 2);
+                    conflicts += 1;
+                }
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!((wins, conflicts), (1, 1), "round {round}");
+    }
+    let events = read::read_stream(&pool, &stream, None).await.unwrap();
+    assert_eq!(events.len(), 21);
+
+    // Within one batch, too: two commands in one transaction expecting the same version.
+    let mut tx = pool.begin().await.unwrap();
+    let contenders = (0..2)
+        .map(|_| NewCommand {
+            events: vec![event(&stream, "TestChanged", serde_json::json!({}))],
+            expected: vec![(stream.clone(), ExpectedVersion::Exactly(21))],
+            ..Default::default()
+        })
+        .collect();
+    let results = store::append_batch(&mut tx, contenders).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(results[0].is_ok());
+    assert!(matches!(
+        results[1],
+        Err(AppendError::Conflict { actual: 22, .. })
+    ));
+
+    // NoStream refuses an existing stream.
+    let result = setup
+        .append(NewCommand {
+            events: vec![event(&stream, "TestHappened", serde_json::json!({}))],
+            expected: vec![(stream.clone(), ExpectedVersion::NoStream)],
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(result, Err(AppendError::Conflict { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_concurrent_commands_with_one_idempotency_key_take_effect_once() {
+    let pool = fresh_pool(40).await;
+    let stores: Vec<EventStore> = (0..4).map(|_| EventStore::new(pool.clone())).collect();
+    let attempts: Vec<_> = (0..32)
+        .map(|attempt| {
+            let store = stores[attempt % stores.len()].clone();
+            tokio::spawn(async move {
+                let mut command = command(3);
+                command.idempotency_key = Some("key-1".into());
+                store.append(command).await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut duplicates = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(appended) => winners.push(appended.events[0].stream.clone()),
+            Err(AppendError::DuplicateIdempotencyKey { key, existing }) => {
+                assert_eq!(key, "key-1");
+                duplicates += 1;
+                assert_eq!(existing.kind, EntityKind::Task);
+            }
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((winners.len(), duplicates), (1, 31));
+    let stored: i64 =
+        sqlx::query_scalar("select count(*) from audit_log where idempotency_key = 'key-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 3, "one command's three events, nothing else");
+    let owner: String =
+        sqlx::query_scalar("select entity_id from unique_claims where key = 'idempotency:key-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(owner, winners[0].id);
+}
+
+#[tokio::test]
+async fn a_unique_key_belongs_to_one_stream() {
+    let pool = fresh_pool(4).await;
+    let store = EventStore::new(pool.clone());
+    let first = StreamId::new(EntityKind::Repo, "01J00000000000000000000001");
+    let second = StreamId::new(EntityKind::Repo, "01J00000000000000000000002");
+    let claim = |stream: &StreamId| NewCommand {
+        events: vec![event(stream, "RepoCreated", serde_json::json!({}))
+            .claiming("repo_slug:acme/svc".into())],
+        ..Default::default()
+    };
+    store.append(claim(&first)).await.unwrap();
+    match store.append(claim(&second)).await {
+        Err(AppendError::UniqueKeyTaken { key, existing }) => {
+            assert_eq!(key, "repo_slug:acme/svc");
+            assert_eq!(existing, first);
+        }
+        other => panic!("expected UniqueKeyTaken, got {other:?}"),
+    }
+    assert_eq!(crate::support::count_events(&pool).await, 1);
+}
+
+#[tokio::test]
+async fn text_with_nul_is_refused_and_does_not_break_the_batch() {
+    let pool = fresh_pool(4).await;
+    let store = EventStore::new(pool.clone());
+    let mut bad = command(1);
+    bad.events[0].data.payload = serde_json::json!({ "text": "a\u{0}b" });
+    let (bad, good) = tokio::join!(store.append(bad), store.append(command(2)));
+    assert!(matches!(bad, Err(AppendError::Invalid(_))));
+    assert_eq!(good.unwrap().events.len(), 2);
+}
+
+#[tokio::test]
+async fn an_upcaster_lifts_a_stored_v1_event_to_the_v2_shape() {
+    let pool = fresh_pool(4).await;
+    let store = EventStore::new(pool.clone());
+    let stream = StreamId::new(EntityKind::Task, ulid::Ulid::new().to_string());
+    store
+        .append(NewCommand {
+            events: vec![event(
+                &stream,
+                "TestRenamed",
+                serde_json::json!({ "name": "Ada Lovelace" }),
+            )],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let upcasters = Upcasters::new()
+        .register("TestRenamed", 1, |payload| {
+            let name = payload["name"].as_str().unwrap_or_default().to_owned();
+            let (first, last) = name.split_once(' ').unwrap_or((&name, ""));
+            serde_json::json!({ "first_name": first, "last_name": last })
+        })
+        .register("TestRenamed", 2, |mut payload| {
+            payload["display"] = serde_json::json!("v3");
+            payload
+        });
+    let stored = read::read_stream(&pool, &stream, None)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(stored.schema_version, 1);
+    let upcast = upcasters.upcast(stored.clone());
+    assert_eq!(upcast.schema_version, 3);
+    assert_eq!(
+        upcast.payload,
+        serde_json::json!({ "first_name": "Ada", "last_name": "Lovelace", "display": "v3" })
+    );
+    // The stored row is untouched, and still verifies.
+    let again = read::read_stream(&pool, &stream, None)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(again, stored);
+    assert!(store::verify::verify_chain(&pool).await.unwrap().ok);
+}

@@ -1,0 +1,9 @@
+//! Event store tests on a real PostgreSQL: one fresh database per test.
+
+extern crate jct_store as store;
+
+mod append;
+mod guard;
+mod subscribe;
+mod support;
+mod tamper;

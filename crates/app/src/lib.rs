@@ -1,1 +1,117 @@
-//! JCT use cases: load, decide, append; the API and worker call these
+//! JCT's use cases: load what a decision needs, decide (pure, in `domain`), append, and wait for the read
+//! models so the caller reads its own writes. The HTTP API and the worker call these functions and nothing
+//! below them.
+//!
+//! Architecture invariant: no HTTP types here, and no SQL other than through `store` and `projections`.
+
+pub mod system;
+pub mod tasks;
+
+pub use projections::tasks::TaskFilter;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::task::PolicyConfig;
+use projections::Projection;
+use sqlx::PgPool;
+use store::{EventStore, Upcasters};
+
+/// Settings the use cases need.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The policy gate's allow-list and budget bounds.
+    pub policy: PolicyConfig,
+    /// How long a command waits for the read models to show its effect before answering 2xx anyway.
+    pub read_your_writes_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            policy: PolicyConfig::default(),
+            read_your_writes_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Every read model, in the order they are installed and caught up.
+pub fn all_projections() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(projections::tasks::TasksProjection)]
+}
+
+/// Every registered upcaster (none yet: every event type is at its first schema version).
+pub fn upcasters() -> Upcasters {
+    Upcasters::new()
+}
+
+/// The application: a pool, the event store, settings. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    store: EventStore,
+    config: Config,
+    upcasters: Upcasters,
+    projections: Vec<Arc<dyn Projection>>,
+}
+
+impl App {
+    /// Builds the application on a migrated database and installs (or rebuilds) the read models.
+    pub async fn start(pool: PgPool, config: Config) -> anyhow::Result<App> {
+        let upcasters = upcasters();
+        let projections = all_projections();
+        for projection in &projections {
+            projections::runner::install(&pool, projection.as_ref(), &upcasters).await?;
+        }
+        Ok(App {
+            inner: Arc::new(Inner {
+                store: EventStore::new(pool.clone()),
+                pool,
+                config,
+                upcasters,
+                projections,
+            }),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn upcasters(&self) -> &Upcasters {
+        &self.inner.upcasters
+    }
+
+    pub fn projections(&self) -> &[Arc<dyn Projection>] {
+        &self.inner.projections
+    }
+
+    /// Read-your-writes: returns once every read model has applied `position`.
+    pub async fn wait_for(&self, position: i64) -> anyhow::Result<()> {
+        projections::runner::wait_for(
+            self.pool(),
+            self.projections(),
+            self.upcasters(),
+            position,
+            self.config().read_your_writes_timeout,
+        )
+        .await
+    }
+
+    /// Whether the database answers.
+    pub async fn database_is_up(&self) -> bool {
+        sqlx::query("select 1").execute(self.pool()).await.is_ok()
+    }
+}

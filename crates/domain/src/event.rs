@@ -177,3 +177,27 @@ pub struct EventData {
     pub after: Option<Value>,
     pub note: Option<String>,
 }
+
+/// An event a decision wants appended: the data, who did it, and the unique keys it claims
+/// (e.g. `repo_slug:acme/svc`); the store refuses a key that already belongs to another stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub data: EventData,
+    pub actor: Actor,
+    pub unique_keys: Vec<String>,
+}
+
+impl NewEvent {
+    pub fn new(data: EventData, actor: Actor) -> NewEvent {
+        NewEvent {
+            data,
+            actor,
+            unique_keys: Vec::new(),
+        }
+    }
+
+    pub fn claiming(mut self, key: String) -> NewEvent {
+        self.unique_keys.push(key);
+        self
+    }
+}

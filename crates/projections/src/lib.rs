@@ -13,6 +13,7 @@
 
 pub mod rebuild;
 pub mod runner;
+pub mod tasks;
 
 use async_trait::async_trait;
 use sqlx::PgConnection;

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use domain::event::{Actor, EventData, StreamId};
+pub use domain::event::NewEvent;
+use domain::event::StreamId;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -37,29 +38,6 @@ pub enum ExpectedVersion {
     NoStream,
     /// The stream's last event must have this version.
     Exactly(i32),
-}
-
-/// One event of a command, with who did it and the unique keys it claims (e.g. `repo_slug:acme/svc`).
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub data: EventData,
-    pub actor: Actor,
-    pub unique_keys: Vec<String>,
-}
-
-impl NewEvent {
-    pub fn new(data: EventData, actor: Actor) -> NewEvent {
-        NewEvent {
-            data,
-            actor,
-            unique_keys: Vec::new(),
-        }
-    }
-
-    pub fn claiming(mut self, key: String) -> NewEvent {
-        self.unique_keys.push(key);
-        self
-    }
 }
 
 /// Everything one command appends: committed together or not at all.

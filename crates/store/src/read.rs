@@ -57,3 +57,22 @@ pub async fn head_position<'c>(executor: impl PgExecutor<'c>) -> anyhow::Result<
         .context("read the head position")?;
     Ok(head.unwrap_or(0))
 }
+
+/// The stream that owns a unique key (an idempotency key, a repo slug, ...), with the position that claimed it.
+pub async fn claim_owner<'c>(
+    executor: impl PgExecutor<'c>,
+    key: &str,
+) -> anyhow::Result<Option<(StreamId, i64)>> {
+    let row: Option<(String, String, i64)> =
+        sqlx::query_as("select entity_kind, entity_id, position from unique_claims where key = $1")
+            .bind(key)
+            .fetch_optional(executor)
+            .await
+            .context("read a unique claim")?;
+    row.map(|(kind, id, position)| {
+        let kind = domain::event::EntityKind::parse(&kind)
+            .with_context(|| format!("unknown entity kind {kind:?} in unique_claims"))?;
+        Ok((StreamId::new(kind, id), position))
+    })
+    .transpose()
+}

@@ -1,0 +1,166 @@
+//! Task use cases: enqueue (with its CWOM objects), get, list.
+
+use chrono::{DateTime, Utc};
+use domain::cwom::repo_slug_key;
+use domain::event::{EntityKind, StreamId};
+use domain::task::lifecycle::{self, idempotency_key_claim, EnqueueTask};
+use domain::task::{evaluate, parse_task_spec, task_to_cwom, CwomIds, PolicyError, TaskCwom};
+use domain::validation::ValidationError;
+use projections::tasks::TaskFilter;
+use serde_json::Value;
+use store::{AppendError, ExpectedVersion, NewCommand};
+
+use crate::App;
+
+/// How often enqueue re-decides after losing a race to create the same Repo.
+const MAX_ENQUEUE_ATTEMPTS: usize = 5;
+
+/// `POST /tasks/enqueue` as the use case sees it.
+pub struct EnqueueRequest {
+    pub body: Value,
+    pub create_cwom: bool,
+    pub trace_id: String,
+}
+
+/// What enqueue did.
+#[derive(Debug)]
+pub enum EnqueueOutcome {
+    /// The task was created and queued.
+    Created {
+        task: Value,
+        cwom: Option<CwomIds>,
+        position: i64,
+    },
+    /// The idempotency key belongs to an earlier task; nothing was written.
+    Duplicate { task: Value },
+}
+
+/// Why enqueue refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("invalid task spec")]
+    Invalid(Vec<ValidationError>),
+    #[error("{0}")]
+    Policy(PolicyError),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Validates, applies the policy gate, and appends the task, its CWOM objects and links in one command.
+pub async fn enqueue(app: &App, request: EnqueueRequest) -> Result<EnqueueOutcome, EnqueueError> {
+    let spec = parse_task_spec(&request.body).map_err(EnqueueError::Invalid)?;
+    // The policy runs before the idempotency lookup, as in the original: a now-disallowed repo is a 422.
+    let spec = evaluate(&spec, &app.config().policy).map_err(EnqueueError::Policy)?;
+    if let Some(key) = &spec.idempotency_key {
+        if let Some(task) = existing_task_for_key(app, key).await? {
+            return Ok(EnqueueOutcome::Duplicate { task });
+        }
+    }
+    for _ in 0..MAX_ENQUEUE_ATTEMPTS {
+        let task_id = ulid::Ulid::new().to_string();
+        let now = now();
+        let cwom: Option<TaskCwom> = if request.create_cwom {
+            let existing_repo =
+                store::read::claim_owner(app.pool(), &repo_slug_key(&spec.target.repo))
+                    .await?
+                    .map(|(repo, _)| repo.id);
+            let fresh_ids = CwomIds {
+                repo_id: ulid::Ulid::new().to_string(),
+                constraint_snapshot_id: ulid::Ulid::new().to_string(),
+                issue_id: ulid::Ulid::new().to_string(),
+                context_packet_id: ulid::Ulid::new().to_string(),
+            };
+            Some(task_to_cwom(
+                &spec,
+                &request.trace_id,
+                now,
+                fresh_ids,
+                existing_repo.as_deref(),
+            ))
+        } else {
+            None
+        };
+        let decision = EnqueueTask {
+            spec: &spec,
+            task_id: &task_id,
+            trace_id: &request.trace_id,
+            now,
+            cwom: cwom.as_ref(),
+        };
+        let command = NewCommand {
+            events: lifecycle::enqueue(&decision),
+            expected: vec![(
+                StreamId::new(EntityKind::Task, &task_id),
+                ExpectedVersion::NoStream,
+            )],
+            idempotency_key: spec.idempotency_key.clone(),
+            trace_id: Some(request.trace_id.clone()),
+            correlation_id: Some(request.trace_id.clone()),
+            causation_id: None,
+        };
+        match app.store().append(command).await {
+            Ok(appended) => {
+                let position = appended.last_position();
+                app.wait_for(position).await?;
+                let task = projections::tasks::get_task(app.pool(), &task_id)
+                    .await?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("task {task_id} is missing from its read model")
+                    })?;
+                return Ok(EnqueueOutcome::Created {
+                    task,
+                    cwom: cwom.map(|cwom| cwom.ids),
+                    position,
+                });
+            }
+            Err(AppendError::DuplicateIdempotencyKey { key, .. }) => {
+                let task = existing_task_for_key(app, &key).await?.ok_or_else(|| {
+                    anyhow::anyhow!("idempotency key {key:?} is claimed but has no task")
+                })?;
+                return Ok(EnqueueOutcome::Duplicate { task });
+            }
+            // Another command created this Repo meanwhile: decide again, reusing it.
+            Err(AppendError::UniqueKeyTaken { .. }) => continue,
+            Err(AppendError::Invalid(message)) => {
+                return Err(EnqueueError::Invalid(vec![ValidationError::new(
+                    vec!["body".into()],
+                    "value_error",
+                    message,
+                )]))
+            }
+            Err(error) => return Err(EnqueueError::Internal(error.into())),
+        }
+    }
+    Err(EnqueueError::Internal(anyhow::anyhow!(
+        "enqueue kept losing races to create its Repo; try again"
+    )))
+}
+
+async fn existing_task_for_key(app: &App, key: &str) -> anyhow::Result<Option<Value>> {
+    let Some((stream, position)) =
+        store::read::claim_owner(app.pool(), &idempotency_key_claim(key)).await?
+    else {
+        return Ok(None);
+    };
+    app.wait_for(position).await?;
+    projections::tasks::get_task(app.pool(), &stream.id).await
+}
+
+/// A task's GET shape, or `None`.
+pub async fn get(app: &App, task_id: &str) -> anyhow::Result<Option<Value>> {
+    projections::tasks::get_task(app.pool(), task_id).await
+}
+
+/// Tasks matching `filter`, newest first.
+pub async fn list(
+    app: &App,
+    filter: &TaskFilter,
+    limit: i64,
+    offset: i64,
+) -> anyhow::Result<Vec<Value>> {
+    projections::tasks::list_tasks(app.pool(), filter, limit, offset).await
+}
+
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is representable")
+}

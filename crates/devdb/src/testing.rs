@@ -1,0 +1,213 @@
+//! Databases for tests: one server per test process (DATABASE_URL's, or a throwaway cluster) and a fresh database per test.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Executor};
+use tokio::sync::OnceCell;
+use url::Url;
+
+use crate::cluster::{create_database, quote_ident, ManagedCluster, Options};
+
+/// Names of the databases [`TestServer::fresh_database`] creates start with this, then the creation
+/// time in Unix seconds and a random number: `jct_test_1767225600_3f9a0c41d2e8b7a6`.
+const PREFIX: &str = "jct_test_";
+/// On a shared server, test databases older than this are dropped when a test process starts.
+const STALE_AFTER_SECS: u64 = 6 * 3600;
+
+/// The PostgreSQL server the tests of one process share; each test gets its own database on it.
+///
+/// Either the server `DATABASE_URL` names, or a throwaway [`ManagedCluster`] in a temporary directory.
+/// The throwaway cluster is never dropped when it lives in [`test_server`]'s static: its watchdog process
+/// (see [`ManagedCluster`]) stops it and removes its directory once the test process has exited, however it
+/// exits. A `TestServer` made with [`TestServer::throwaway`] and dropped is cleaned up at once.
+#[derive(Debug)]
+pub struct TestServer {
+    admin_url: String,
+    cluster: Option<ManagedCluster>,
+}
+
+static SERVER: OnceCell<TestServer> = OnceCell::const_new();
+
+/// The process-wide test server, set up by the first call: the server at `DATABASE_URL` (an admin URL,
+/// e.g. `postgres://postgres@127.0.0.1:5432/postgres`) if that is set, else a throwaway cluster
+/// (about a second to set up).
+///
+/// Holds no connection or pool, so it serves the tests of every tokio runtime in the process.
+pub async fn test_server() -> anyhow::Result<&'static TestServer> {
+    SERVER
+        .get_or_try_init(|| async {
+            match std::env::var("DATABASE_URL") {
+                Ok(url) if !url.trim().is_empty() => TestServer::external(url.trim()).await,
+                _ => TestServer::throwaway().await,
+            }
+        })
+        .await
+}
+
+impl TestServer {
+    /// Uses the existing server at `admin_url` (a user allowed to create databases), after dropping
+    /// test databases that earlier runs left there more than six hours ago.
+    pub async fn external(admin_url: &str) -> anyhow::Result<TestServer> {
+        let mut conn = PgConnection::connect(admin_url)
+            .await
+            .with_context(|| format!("connecting to DATABASE_URL ({admin_url})"))?;
+        if let Err(e) = drop_stale_databases(&mut conn).await {
+            tracing::warn!("dropping stale test databases: {e:#}");
+        }
+        conn.close().await?;
+        Ok(TestServer {
+            admin_url: admin_url.to_owned(),
+            cluster: None,
+        })
+    }
+
+    /// Starts a throwaway cluster in a new temporary directory, tuned for speed over durability.
+    pub async fn throwaway() -> anyhow::Result<TestServer> {
+        let dir = std::env::temp_dir().join(format!(
+            "jct-test-pg-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        match ManagedCluster::start_with(&dir, Options { throwaway: true }).await {
+            Ok(cluster) => Ok(TestServer {
+                admin_url: cluster.url("postgres"),
+                cluster: Some(cluster),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// A URL to the server's `postgres` database as a superuser.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
+    /// The throwaway cluster, if this server is one.
+    pub fn cluster(&self) -> Option<&ManagedCluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Creates a new, empty, uniquely named database and returns its URL. Safe to call from any number
+    /// of tests, threads and processes at once.
+    pub async fn fresh_database(&self) -> anyhow::Result<String> {
+        let name = format!("{PREFIX}{}_{:016x}", unix_now(), rand::random::<u64>());
+        let mut conn = PgConnection::connect(&self.admin_url)
+            .await
+            .context("connecting to the test server")?;
+        create_database(&mut conn, &name).await?;
+        let _ = conn.close().await;
+        database_url(&self.admin_url, &name)
+    }
+
+    /// Drops a database made by [`TestServer::fresh_database`], given its URL, closing any connections
+    /// still open to it. Refuses any other database.
+    pub async fn drop_database(&self, database_url: &str) -> anyhow::Result<()> {
+        let name = database_name(database_url)?;
+        if !name.starts_with(PREFIX) {
+            bail!("refusing to drop {name}: not a database made by fresh_database");
+        }
+        let mut conn = PgConnection::connect(&self.admin_url)
+            .await
+            .context("connecting to the test server")?;
+        drop_database(&mut conn, &name).await?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+
+    /// The directory a throwaway cluster lives in (removed when it stops).
+    pub fn cluster_dir(&self) -> Option<PathBuf> {
+        let cluster = self.cluster.as_ref()?;
+        Some(cluster.data_dir().parent()?.parent()?.to_path_buf())
+    }
+}
+
+/// `admin_url` with its database replaced by `name`.
+fn database_url(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    let mut url = Url::parse(admin_url).context("parsing the admin URL")?;
+    url.set_path(&format!("/{name}"));
+    let query: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "dbname")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.set_query(None);
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    Ok(url.into())
+}
+
+/// The database a URL names (its path, or a `dbname` parameter).
+fn database_name(database_url: &str) -> anyhow::Result<String> {
+    let url = Url::parse(database_url).context("parsing a database URL")?;
+    let from_query = url
+        .query_pairs()
+        .find(|(k, _)| k == "dbname")
+        .map(|(_, v)| v.into_owned());
+    match from_query.unwrap_or_else(|| url.path().trim_start_matches('/').to_owned()) {
+        name if name.is_empty() => bail!("{database_url} names no database"),
+        name => Ok(name),
+    }
+}
+
+async fn drop_database(conn: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+    conn.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)).as_str())
+        .await
+        .with_context(|| format!("dropping database {name}"))?;
+    Ok(())
+}
+
+/// Drops the test databases that are old enough that no test can still be using them.
+async fn drop_stale_databases(conn: &mut PgConnection) -> anyhow::Result<()> {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(PREFIX)
+            .fetch_all(&mut *conn)
+            .await?;
+    let now = unix_now();
+    for name in names {
+        let created = name[PREFIX.len()..]
+            .split('_')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok());
+        if created.is_some_and(|t| t + STALE_AFTER_SECS < now) {
+            tracing::info!(database = %name, "dropping a stale test database");
+            drop_database(conn, &name).await?;
+        }
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_swap_the_database() {
+        let url = database_url(
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "jct_test_1_2",
+        )
+        .unwrap();
+        assert_eq!(url, "postgres://postgres@127.0.0.1:5432/jct_test_1_2");
+        let url = database_url(
+            "postgres://postgres@localhost:5432/postgres?host=/tmp/x&dbname=postgres",
+            "d",
+        )
+        .unwrap();
+        assert_eq!(database_name(&url).unwrap(), "d");
+        assert!(url.contains("host=%2Ftmp%2Fx"), "{url}");
+    }
+}

@@ -1,0 +1,2 @@
+-- GET /tasks/{task_id}
+select document from tasks where task_id = $1

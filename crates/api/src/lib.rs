@@ -51,7 +51,7 @@ pub fn openapi_service() -> OpenApiService<(system::SystemApi, tasks::TasksApi),
 }
 
 /// The whole HTTP application: the API, `/openapi.json`, `/docs`, and the middleware.
-pub fn endpoint(app: App, config: HttpConfig) -> impl Endpoint {
+pub fn endpoint(app: App, config: HttpConfig) -> impl Endpoint<Output = poem::Response> {
     let service = openapi_service();
     let spec_json = service.spec_endpoint();
     let spec_yaml = service.spec_endpoint_yaml();

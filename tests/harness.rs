@@ -24,12 +24,7 @@ pub struct TestApp {
 
 /// A pool on a new, migrated database of its own.
 pub async fn fresh_database() -> (PgPool, String) {
-    let url = devdb::test_server()
-        .await
-        .expect("test server")
-        .fresh_database()
-        .await
-        .expect("fresh database");
+    let url = devdb::test_server().await.expect("test server").fresh_database().await.expect("fresh database");
     let pool = PgPoolOptions::new()
         .max_connections(20)
         .acquire_timeout(Duration::from_secs(30))
@@ -49,20 +44,11 @@ impl TestApp {
         let (pool, database_url) = fresh_database().await;
         let app = App::start(pool.clone(), config).await.expect("start app");
         let client = TestClient::new(api::endpoint(app.clone(), http).boxed());
-        TestApp {
-            client,
-            app,
-            pool,
-            database_url,
-        }
+        TestApp { client, app, pool, database_url }
     }
 
     pub async fn enqueue(&self, body: &Value) -> TestResponse {
-        self.client
-            .post("/tasks/enqueue")
-            .body_json(body)
-            .send()
-            .await
+        self.client.post("/tasks/enqueue").body_json(body).send().await
     }
 
     pub async fn get_task(&self, task_id: &str) -> TestResponse {
@@ -70,17 +56,12 @@ impl TestApp {
     }
 
     pub async fn events(&self) -> Vec<store::RecordedEvent> {
-        store::read::read_after(&self.pool, 0, 1_000_000)
-            .await
-            .expect("read events")
+        store::read::read_after(&self.pool, 0, 1_000_000).await.expect("read events")
     }
 }
 
 pub fn test_config() -> Config {
-    Config {
-        policy: PolicyConfig::from_prefixes(TEST_PREFIXES),
-        ..Config::default()
-    }
+    Config { policy: PolicyConfig::from_prefixes(TEST_PREFIXES), ..Config::default() }
 }
 
 /// A valid TaskSpec v1 body (the original's `valid_task_payload` fixture).
@@ -101,10 +82,6 @@ pub fn valid_task() -> Value {
 pub async fn status_and_json(response: TestResponse) -> (u16, Value) {
     let status = response.0.status().as_u16();
     let body = response.0.into_body().into_bytes().await.expect("body");
-    let json = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).expect("a JSON body")
-    };
+    let json = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).expect("a JSON body") };
     (status, json)
 }

@@ -28,28 +28,19 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> HttpConfig {
-        HttpConfig {
-            api_keys: Vec::new(),
-            body_limit: crate::body::DEFAULT_BODY_LIMIT,
-        }
+        HttpConfig { api_keys: Vec::new(), body_limit: crate::body::DEFAULT_BODY_LIMIT }
     }
 }
 
 /// Routes that never need a key.
 fn is_public(path: &str) -> bool {
-    matches!(
-        path,
-        "/health" | "/healthz" | "/version" | "/openapi.json" | "/openapi.yaml"
-    ) || path == "/docs"
+    matches!(path, "/health" | "/healthz" | "/version" | "/openapi.json" | "/openapi.yaml")
+        || path == "/docs"
         || path.starts_with("/docs/")
 }
 
 fn is_authorized(request: &Request, keys: &[String]) -> bool {
-    let Some(header) = request
-        .headers()
-        .get("authorization")
-        .and_then(|value| value.to_str().ok())
-    else {
+    let Some(header) = request.headers().get("authorization").and_then(|value| value.to_str().ok()) else {
         return false;
     };
     let Some((scheme, token)) = header.split_once(' ') else {
@@ -60,9 +51,7 @@ fn is_authorized(request: &Request, keys: &[String]) -> bool {
     }
     let token = token.trim().as_bytes();
     // Compare with every key, in constant time per key, and without stopping at the first match.
-    keys.iter().fold(false, |found, key| {
-        found | bool::from(key.as_bytes().ct_eq(token))
-    })
+    keys.iter().fold(false, |found, key| found | bool::from(key.as_bytes().ct_eq(token)))
 }
 
 /// 1..128 printable ASCII characters.
@@ -85,10 +74,7 @@ pub fn wrap<E: Endpoint + 'static>(
             let started = Instant::now();
             let method = request.method().to_string();
             let path = request.uri().path().to_owned();
-            let trace_header = request
-                .headers()
-                .get("x-trace-id")
-                .map(|value| value.to_str().ok().map(str::to_owned));
+            let trace_header = request.headers().get("x-trace-id").map(|value| value.to_str().ok().map(str::to_owned));
             let (trace_id, trace_error) = match trace_header {
                 None => (ulid::Ulid::new().to_string(), false),
                 Some(Some(text)) if valid_trace_id(&text) => (text, false),
@@ -96,10 +82,7 @@ pub fn wrap<E: Endpoint + 'static>(
             };
             let span = tracing::info_span!("request", %method, %path, trace_id = %trace_id);
             let mut response = async {
-                if !config.api_keys.is_empty()
-                    && !is_public(&path)
-                    && !is_authorized(&request, &config.api_keys)
-                {
+                if !config.api_keys.is_empty() && !is_public(&path) && !is_authorized(&request, &config.api_keys) {
                     return unauthorized();
                 }
                 if trace_error {
@@ -110,10 +93,13 @@ pub fn wrap<E: Endpoint + 'static>(
                     )])
                     .into_response();
                 }
+                if request.uri().query().is_some_and(|query| query.to_ascii_lowercase().contains("%00")) {
+                    // PostgreSQL cannot store or compare U+0000; no parameter may carry it.
+                    return unprocessable(&[domain::validation::ValidationError::nul_char(vec!["query".into()])])
+                        .into_response();
+                }
                 request.extensions_mut().insert(TraceId(trace_id.clone()));
-                request
-                    .extensions_mut()
-                    .insert(BodyLimit(config.body_limit));
+                request.extensions_mut().insert(BodyLimit(config.body_limit));
                 match endpoint.call(request).await {
                     Ok(response) => response.into_response(),
                     Err(error) => to_response(error),
@@ -126,13 +112,7 @@ pub fn wrap<E: Endpoint + 'static>(
             }
             let status = response.status().as_u16();
             metrics.observe_request(&method, status, started.elapsed());
-            span.in_scope(|| {
-                tracing::debug!(
-                    status,
-                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "served"
-                )
-            });
+            span.in_scope(|| tracing::debug!(status, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "served"));
             Ok::<Response, poem::Error>(response)
         }
     })

@@ -1,2 +1,279 @@
-//! The `jct` binary.
-fn main() {}
+//! The `jct` binary: the composition root. It reads configuration, sets up tracing, opens the database, wires
+//! the parts together and handles signals; everything else lives in the library crates.
+
+mod bench;
+mod config;
+mod database;
+mod telemetry;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::{AppArgs, DatabaseArgs, HttpArgs, LogArgs};
+use crate::database::Database;
+
+/// JCT: the control tower for AI-assisted development work.
+#[derive(Debug, Parser)]
+#[command(name = "jct", version, about)]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process (API, projectors); zero-config without DATABASE_URL.
+    Up {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        http: HttpArgs,
+        #[command(flatten)]
+        app: AppArgs,
+    },
+    /// Run the HTTP API and the projectors against DATABASE_URL (or the managed cluster).
+    Serve {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        http: HttpArgs,
+        #[command(flatten)]
+        app: AppArgs,
+    },
+    /// Apply the database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Read models: status, rebuild.
+    Projections {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// The audit log: verify the hash chain, export a trace.
+    Audit {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Benchmarks that print figures (never pass or fail on time).
+    Bench {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+    /// Print the OpenAPI spec (YAML) to stdout.
+    Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// Each projection's code version, live version, checkpoint and lag.
+    Status,
+    /// Build a projection from the log beside the live one and swap it in, showing progress.
+    Rebuild {
+        /// The projection's name (see `jct projections status`).
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain; exit 1 and name the first bad position if it does not verify.
+    Verify,
+    /// Write the events of one trace as JSON lines to stdout, in position order.
+    Export {
+        #[arg(long = "trace-id")]
+        trace_id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    telemetry::init(cli.log.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("failed: {error:#}");
+            eprintln!("jct: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Up { database, http, app } | Command::Serve { database, http, app } => {
+            serve(&database, &http, &app).await?;
+        }
+        Command::Migrate { database } => {
+            let database = Database::open(&database).await?;
+            tracing::info!("migrations applied");
+            database.close().await;
+        }
+        Command::Projections { database, command } => {
+            let database = Database::open(&database).await?;
+            let result = projections_command(&database, command).await;
+            database.close().await;
+            result?;
+        }
+        Command::Audit { database, command } => {
+            let database = Database::open(&database).await?;
+            let result = audit_command(&database, command).await;
+            database.close().await;
+            return result;
+        }
+        Command::Bench { database, command } => bench::run(&database, command).await?,
+        Command::Openapi => print!("{}", api::openapi_service().spec_yaml()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down");
+}
+
+async fn serve(database: &DatabaseArgs, http: &HttpArgs, app: &AppArgs) -> anyhow::Result<()> {
+    let database = Database::open(database).await?;
+    let app = app::App::start(database.pool.clone(), app.app_config()).await?;
+    let acceptor = api::bind(&http.bind.to_string()).await.with_context(|| format!("bind JCT_BIND {}", http.bind))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let projector = {
+        let mut stopped = stopped.clone();
+        tokio::spawn(projections::runner::run(
+            app.pool().clone(),
+            app.projections().to_vec(),
+            app.upcasters().clone(),
+            Duration::from_secs(1),
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ))
+    };
+    let endpoint = api::endpoint(app.clone(), http.http_config());
+    let mut stopped_http = stopped.clone();
+    let server = api::serve(acceptor, endpoint, async move {
+        let _ = stopped_http.wait_for(|stop| *stop).await;
+    });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result.context("serve HTTP")?,
+        () = shutdown_signal() => {
+            let _ = stop.send(true);
+            server.await.context("serve HTTP")?;
+        }
+    }
+    let _ = stop.send(true);
+    let _ = projector.await;
+    database.close().await;
+    Ok(())
+}
+
+async fn projections_command(database: &Database, command: ProjectionsCommand) -> anyhow::Result<()> {
+    let all = app::all_projections();
+    match command {
+        ProjectionsCommand::Status => {
+            let statuses = projections::runner::status(&database.pool, &all).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:<16} {:>6} {:>6} {:>12} {:>12} {:>10}",
+                "projection", "code", "live", "checkpoint", "head", "lag"
+            )?;
+            for status in statuses {
+                let show = |value: Option<i64>| value.map_or("-".to_owned(), |value| value.to_string());
+                writeln!(
+                    out,
+                    "{:<16} {:>6} {:>6} {:>12} {:>12} {:>10}",
+                    status.name,
+                    status.code_version,
+                    show(status.live_version.map(i64::from)),
+                    show(status.checkpoint),
+                    status.head,
+                    show(status.lag),
+                )?;
+            }
+        }
+        ProjectionsCommand::Rebuild { name } => {
+            let projection = all.iter().find(|projection| projection.name() == name).with_context(|| {
+                let names: Vec<_> = all.iter().map(|projection| projection.name()).collect();
+                format!("no projection named {name:?}; there are: {}", names.join(", "))
+            })?;
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} events ({per_sec}, eta {eta})",
+                )
+                .expect("a valid template"),
+            );
+            bar.set_message(format!("rebuild {name}"));
+            let started = std::time::Instant::now();
+            let rebuilt =
+                projections::rebuild::rebuild(&database.pool, projection.as_ref(), &app::upcasters(), &|progress| {
+                    bar.set_length(progress.head.max(0) as u64);
+                    bar.set_position(progress.position.max(0) as u64);
+                })
+                .await?;
+            bar.finish();
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "rebuilt {name} at version {} to position {}: {} events in {seconds:.2} s ({:.0} events/s)",
+                rebuilt.version,
+                rebuilt.position,
+                rebuilt.applied,
+                rebuilt.applied as f64 / seconds.max(1e-9)
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn audit_command(database: &Database, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Verify => {
+            let started = std::time::Instant::now();
+            let report = store::verify::verify_chain(&database.pool).await?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            eprintln!(
+                "verified {} events in {seconds:.2} s ({:.0} events/s)",
+                report.events_checked,
+                report.events_checked as f64 / seconds.max(1e-9)
+            );
+            Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        AuditCommand::Export { trace_id } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for event in store::read::read_trace(&database.pool, &trace_id).await? {
+                writeln!(out, "{}", event.to_json())?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -70,11 +70,7 @@ impl Appended {
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     #[error("stream {stream} is at version {actual}, the command expected {expected:?}")]
-    Conflict {
-        stream: StreamId,
-        expected: ExpectedVersion,
-        actual: i32,
-    },
+    Conflict { stream: StreamId, expected: ExpectedVersion, actual: i32 },
     #[error("idempotency key {key:?} already belongs to {existing}")]
     DuplicateIdempotencyKey { key: String, existing: StreamId },
     #[error("unique key {key:?} already belongs to {existing}")]
@@ -117,42 +113,29 @@ impl EventStore {
             .send(Pending { command, reply })
             .await
             .map_err(|_| anyhow::anyhow!("the append task has stopped"))?;
-        answer
-            .await
-            .map_err(|_| anyhow::anyhow!("the append task dropped the command"))?
+        answer.await.map_err(|_| anyhow::anyhow!("the append task dropped the command"))?
     }
 }
 
 async fn run_batches(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
     let mut waiting = Vec::with_capacity(MAX_COMMANDS_PER_BATCH);
-    while receiver
-        .recv_many(&mut waiting, MAX_COMMANDS_PER_BATCH)
-        .await
-        > 0
-    {
+    while receiver.recv_many(&mut waiting, MAX_COMMANDS_PER_BATCH).await > 0 {
         let batch: Vec<Pending> = std::mem::take(&mut waiting);
-        let (commands, replies): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .map(|pending| (pending.command, pending.reply))
-            .unzip();
+        let (commands, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|pending| (pending.command, pending.reply)).unzip();
         let results = append_in_own_transaction(&pool, commands.clone()).await;
         let results = match results {
             Ok(results) => results,
             Err(error) if commands.len() > 1 => {
                 // One command may have broken the whole batch (a database check, say): retry each alone so
                 // the others still land and only the culprit fails.
-                tracing::warn!(
-                    "failed to append a batch of {}, retrying one by one: {error:#}",
-                    commands.len()
-                );
+                tracing::warn!("failed to append a batch of {}, retrying one by one: {error:#}", commands.len());
                 let mut results = Vec::with_capacity(commands.len());
                 for command in commands {
-                    results.push(
-                        match append_in_own_transaction(&pool, vec![command]).await {
-                            Ok(mut one) => one.pop().expect("one result per command"),
-                            Err(error) => Err(AppendError::Internal(error)),
-                        },
-                    );
+                    results.push(match append_in_own_transaction(&pool, vec![command]).await {
+                        Ok(mut one) => one.pop().expect("one result per command"),
+                        Err(error) => Err(AppendError::Internal(error)),
+                    });
                 }
                 results
             }
@@ -177,38 +160,23 @@ async fn append_in_own_transaction(
 
 fn validate(command: &NewCommand) -> Result<(), AppendError> {
     if command.events.is_empty() {
-        return Err(AppendError::Invalid(
-            "a command must append at least one event".into(),
-        ));
+        return Err(AppendError::Invalid("a command must append at least one event".into()));
     }
     // PostgreSQL can store U+0000 neither in text nor in jsonb; refuse it here so it cannot fail a batch.
-    let texts = [
-        &command.idempotency_key,
-        &command.trace_id,
-        &command.correlation_id,
-        &command.causation_id,
-    ];
-    let mut has_nul = texts
-        .iter()
-        .any(|text| text.as_deref().is_some_and(|text| text.contains('\0')));
+    let texts = [&command.idempotency_key, &command.trace_id, &command.correlation_id, &command.causation_id];
+    let mut has_nul = texts.iter().any(|text| text.as_deref().is_some_and(|text| text.contains('\0')));
     for event in &command.events {
         has_nul |= event.actor.id.contains('\0')
             || event.data.stream.id.contains('\0')
             || event.data.event_type.contains('\0')
-            || event
-                .data
-                .note
-                .as_deref()
-                .is_some_and(|note| note.contains('\0'))
+            || event.data.note.as_deref().is_some_and(|note| note.contains('\0'))
             || event.unique_keys.iter().any(|key| key.contains('\0'))
             || contains_nul(&event.data.payload)
             || event.data.before.as_ref().is_some_and(contains_nul)
             || event.data.after.as_ref().is_some_and(contains_nul);
     }
     if has_nul {
-        return Err(AppendError::Invalid(
-            "text must not contain the NUL character (U+0000)".into(),
-        ));
+        return Err(AppendError::Invalid("text must not contain the NUL character (U+0000)".into()));
     }
     Ok(())
 }
@@ -217,9 +185,7 @@ fn contains_nul(value: &Value) -> bool {
     match value {
         Value::String(text) => text.contains('\0'),
         Value::Array(items) => items.iter().any(contains_nul),
-        Value::Object(map) => map
-            .iter()
-            .any(|(key, value)| key.contains('\0') || contains_nul(value)),
+        Value::Object(map) => map.iter().any(|(key, value)| key.contains('\0') || contains_nul(value)),
         _ => false,
     }
 }
@@ -306,10 +272,7 @@ pub async fn append_batch(
                 let kind: String = row.try_get("b")?;
                 let kind = domain::event::EntityKind::parse(&kind)
                     .with_context(|| format!("unknown entity kind {kind:?} in unique_claims"))?;
-                claims.insert(
-                    row.try_get("a")?,
-                    StreamId::new(kind, row.try_get::<String, _>("c")?),
-                );
+                claims.insert(row.try_get("a")?, StreamId::new(kind, row.try_get::<String, _>("c")?));
             }
         }
     }
@@ -323,10 +286,7 @@ pub async fn append_batch(
             Ok(()) => {
                 let mut recorded = Vec::with_capacity(command.events.len());
                 for event in command.events {
-                    let stream_key = (
-                        event.data.stream.kind.as_str().to_owned(),
-                        event.data.stream.id.clone(),
-                    );
+                    let stream_key = (event.data.stream.kind.as_str().to_owned(), event.data.stream.id.clone());
                     let version = versions.entry(stream_key).or_insert(0);
                     *version += 1;
                     head_position += 1;
@@ -363,9 +323,7 @@ pub async fn append_batch(
                         prev_hash: head_hash,
                         hash: Vec::new(),
                     };
-                    record.hash =
-                        chain_hash(&record.prev_hash, &canonical_bytes(&canonical_of(&record)))
-                            .to_vec();
+                    record.hash = chain_hash(&record.prev_hash, &canonical_bytes(&canonical_of(&record))).to_vec();
                     head_hash = record.hash.clone();
                     rows_to_insert.push(&record);
                     recorded.push(record);
@@ -389,42 +347,27 @@ fn check(
 ) -> Result<(), AppendError> {
     if let Some(key) = &command.idempotency_key {
         if let Some(existing) = claims.get(&idempotency_claim(key)) {
-            return Err(AppendError::DuplicateIdempotencyKey {
-                key: key.clone(),
-                existing: existing.clone(),
-            });
+            return Err(AppendError::DuplicateIdempotencyKey { key: key.clone(), existing: existing.clone() });
         }
     }
     for (stream, expected) in &command.expected {
-        let actual = versions
-            .get(&(stream.kind.as_str().to_owned(), stream.id.clone()))
-            .copied()
-            .unwrap_or(0);
+        let actual = versions.get(&(stream.kind.as_str().to_owned(), stream.id.clone())).copied().unwrap_or(0);
         let ok = match expected {
             ExpectedVersion::Any => true,
             ExpectedVersion::NoStream => actual == 0,
             ExpectedVersion::Exactly(version) => actual == *version,
         };
         if !ok {
-            return Err(AppendError::Conflict {
-                stream: stream.clone(),
-                expected: *expected,
-                actual,
-            });
+            return Err(AppendError::Conflict { stream: stream.clone(), expected: *expected, actual });
         }
     }
     let mut claimed_here: HashMap<&str, &StreamId> = HashMap::new();
     for event in &command.events {
         for key in &event.unique_keys {
-            let owner = claims
-                .get(key)
-                .or_else(|| claimed_here.get(key.as_str()).copied());
+            let owner = claims.get(key).or_else(|| claimed_here.get(key.as_str()).copied());
             if let Some(existing) = owner {
                 if *existing != event.data.stream {
-                    return Err(AppendError::UniqueKeyTaken {
-                        key: key.clone(),
-                        existing: existing.clone(),
-                    });
+                    return Err(AppendError::UniqueKeyTaken { key: key.clone(), existing: existing.clone() });
                 }
             }
             claimed_here.insert(key, &event.data.stream);
@@ -515,8 +458,7 @@ impl InsertColumns {
         self.correlation_id.push(record.correlation_id.clone());
         self.causation_id.push(record.causation_id.clone());
         self.idempotency_key.push(record.idempotency_key.clone());
-        self.unique_keys
-            .push(Value::from(record.unique_keys.clone()));
+        self.unique_keys.push(Value::from(record.unique_keys.clone()));
         self.prev_hash.push(record.prev_hash.clone());
         self.hash.push(record.hash.clone());
         for key in &record.unique_keys {

@@ -70,13 +70,7 @@ pub fn canonical_bytes(event: &CanonicalEvent<'_>) -> Vec<u8> {
             None => out.extend_from_slice(b"null"),
         }
     }
-    for text in [
-        event.note,
-        event.trace_id,
-        event.correlation_id,
-        event.causation_id,
-        event.idempotency_key,
-    ] {
+    for text in [event.note, event.trace_id, event.correlation_id, event.causation_id, event.idempotency_key] {
         out.push(b',');
         match text {
             Some(text) => write_string(&mut out, text),
@@ -137,9 +131,7 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
             }
             out.push(b']');
         }
-        scalar => {
-            serde_json::to_writer(&mut *out, scalar).expect("writing a scalar to a Vec cannot fail")
-        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing a scalar to a Vec cannot fail"),
     }
 }
 
@@ -174,8 +166,7 @@ mod tests {
 
     #[test]
     fn object_keys_are_sorted_at_every_depth() {
-        let payload: Value =
-            serde_json::from_str(r#"{"b":1,"a":{"z":[{"y":1,"x":2}],"c":null}}"#).unwrap();
+        let payload: Value = serde_json::from_str(r#"{"b":1,"a":{"z":[{"y":1,"x":2}],"c":null}}"#).unwrap();
         let keys = vec!["idempotency:k".to_owned()];
         let bytes = String::from_utf8(canonical_bytes(&event(&payload, &keys))).unwrap();
         assert_eq!(
@@ -188,13 +179,7 @@ mod tests {
     fn the_chain_depends_on_the_previous_hash() {
         let payload = serde_json::json!({"a": 1});
         let bytes = canonical_bytes(&event(&payload, &[]));
-        assert_ne!(
-            chain_hash(&GENESIS_HASH, &bytes),
-            chain_hash(&[1; 32], &bytes)
-        );
-        assert_eq!(
-            chain_hash(&GENESIS_HASH, &bytes),
-            chain_hash(&GENESIS_HASH, &bytes)
-        );
+        assert_ne!(chain_hash(&GENESIS_HASH, &bytes), chain_hash(&[1; 32], &bytes));
+        assert_eq!(chain_hash(&GENESIS_HASH, &bytes), chain_hash(&GENESIS_HASH, &bytes));
     }
 }

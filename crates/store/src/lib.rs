@@ -20,8 +20,7 @@ mod upcast;
 pub mod verify;
 
 pub use append::{
-    append_batch, AppendError, Appended, EventStore, ExpectedVersion, NewCommand, NewEvent,
-    APPEND_LOCK_KEY,
+    append_batch, AppendError, Appended, EventStore, ExpectedVersion, NewCommand, NewEvent, APPEND_LOCK_KEY,
 };
 pub use canonical::{canonical_bytes, chain_hash, GENESIS_HASH};
 pub use record::RecordedEvent;

@@ -15,17 +15,13 @@ pub async fn read_after<'c>(
     after: i64,
     limit: i64,
 ) -> anyhow::Result<Vec<RecordedEvent>> {
-    let rows = sqlx::query(&format!(
-        "select {COLUMNS} from audit_log where position > $1 order by position limit $2"
-    ))
-    .bind(after)
-    .bind(limit)
-    .fetch_all(executor)
-    .await
-    .context("read events after a position")?;
-    rows.iter()
-        .map(|row| RecordedEvent::from_row(row).context("decode event"))
-        .collect()
+    let rows = sqlx::query(&format!("select {COLUMNS} from audit_log where position > $1 order by position limit $2"))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(executor)
+        .await
+        .context("read events after a position")?;
+    rows.iter().map(|row| RecordedEvent::from_row(row).context("decode event")).collect()
 }
 
 /// Every event of one stream, in order, optionally only up to a position (for as-of reads).
@@ -44,9 +40,7 @@ pub async fn read_stream<'c>(
     .fetch_all(executor)
     .await
     .context("read a stream")?;
-    rows.iter()
-        .map(|row| RecordedEvent::from_row(row).context("decode event"))
-        .collect()
+    rows.iter().map(|row| RecordedEvent::from_row(row).context("decode event")).collect()
 }
 
 /// The position of the last event, 0 for an empty log.
@@ -59,10 +53,7 @@ pub async fn head_position<'c>(executor: impl PgExecutor<'c>) -> anyhow::Result<
 }
 
 /// The stream that owns a unique key (an idempotency key, a repo slug, ...), with the position that claimed it.
-pub async fn claim_owner<'c>(
-    executor: impl PgExecutor<'c>,
-    key: &str,
-) -> anyhow::Result<Option<(StreamId, i64)>> {
+pub async fn claim_owner<'c>(executor: impl PgExecutor<'c>, key: &str) -> anyhow::Result<Option<(StreamId, i64)>> {
     let row: Option<(String, String, i64)> =
         sqlx::query_as("select entity_kind, entity_id, position from unique_claims where key = $1")
             .bind(key)
@@ -75,4 +66,14 @@ pub async fn claim_owner<'c>(
         Ok((StreamId::new(kind, id), position))
     })
     .transpose()
+}
+
+/// Every event of one trace, in position order.
+pub async fn read_trace<'c>(executor: impl PgExecutor<'c>, trace_id: &str) -> anyhow::Result<Vec<RecordedEvent>> {
+    let rows = sqlx::query(&format!("select {COLUMNS} from audit_log where trace_id = $1 order by position"))
+        .bind(trace_id)
+        .fetch_all(executor)
+        .await
+        .context("read a trace")?;
+    rows.iter().map(|row| RecordedEvent::from_row(row).context("decode event")).collect()
 }

@@ -51,8 +51,7 @@ impl RecordedEvent {
             event_id: row.try_get("event_id")?,
             ts: row.try_get("ts")?,
             stream: StreamId {
-                kind: EntityKind::parse(&kind)
-                    .ok_or_else(|| decode("entity_kind", "entity kind", &kind))?,
+                kind: EntityKind::parse(&kind).ok_or_else(|| decode("entity_kind", "entity kind", &kind))?,
                 id: row.try_get("entity_id")?,
             },
             stream_version: row.try_get("stream_version")?,
@@ -60,8 +59,7 @@ impl RecordedEvent {
             schema_version: row.try_get("schema_version")?,
             payload: row.try_get("payload")?,
             action: Action::parse(&action).ok_or_else(|| decode("action", "action", &action))?,
-            actor_kind: ActorKind::parse(&actor_kind)
-                .ok_or_else(|| decode("actor_kind", "actor kind", &actor_kind))?,
+            actor_kind: ActorKind::parse(&actor_kind).ok_or_else(|| decode("actor_kind", "actor kind", &actor_kind))?,
             actor_id: row.try_get("actor_id")?,
             before: row.try_get("before")?,
             after: row.try_get("after")?,

@@ -28,12 +28,7 @@ impl Wakeup {
     }
 
     pub async fn on_channel(pool: PgPool, channel: &str, poll_interval: Duration) -> Wakeup {
-        let mut wakeup = Wakeup {
-            pool,
-            channel: channel.to_owned(),
-            listener: None,
-            poll_interval,
-        };
+        let mut wakeup = Wakeup { pool, channel: channel.to_owned(), listener: None, poll_interval };
         wakeup.ensure_listening().await;
         wakeup
     }
@@ -77,10 +72,10 @@ impl Wakeup {
     /// Drains notifications that are already queued, so a burst of appends causes one catch-up, not many.
     pub async fn drain(&mut self) {
         if let Some(listener) = self.listener.as_mut() {
-            while let Ok(Some(Some(_))) = tokio::time::timeout(Duration::ZERO, listener.try_recv())
-                .await
-                .map(|received| received.ok())
-            {}
+            while let Ok(Some(Some(_))) =
+                tokio::time::timeout(Duration::ZERO, listener.try_recv()).await.map(|received| received.ok())
+            {
+            }
         }
     }
 }
@@ -95,19 +90,9 @@ pub struct Subscription {
 
 impl Subscription {
     /// Subscribes to events after `after`. Listening starts before the first read.
-    pub async fn start(
-        pool: PgPool,
-        after: i64,
-        poll_interval: Duration,
-        batch_size: i64,
-    ) -> Subscription {
+    pub async fn start(pool: PgPool, after: i64, poll_interval: Duration, batch_size: i64) -> Subscription {
         let wakeup = Wakeup::new(pool.clone(), poll_interval).await;
-        Subscription {
-            pool,
-            wakeup,
-            position: after,
-            batch_size,
-        }
+        Subscription { pool, wakeup, position: after, batch_size }
     }
 
     /// The position of the last event delivered.

@@ -27,17 +27,13 @@ impl Upcasters {
         from_version: i32,
         step: impl Fn(Value) -> Value + Send + Sync + 'static,
     ) -> Upcasters {
-        self.steps
-            .insert((event_type.to_owned(), from_version), Arc::new(step));
+        self.steps.insert((event_type.to_owned(), from_version), Arc::new(step));
         self
     }
 
     /// The event with its payload lifted through every registered step; the stored row is untouched.
     pub fn upcast(&self, mut event: RecordedEvent) -> RecordedEvent {
-        while let Some(step) = self
-            .steps
-            .get(&(event.event_type.clone(), event.schema_version))
-        {
+        while let Some(step) = self.steps.get(&(event.event_type.clone(), event.schema_version)) {
             event.payload = step(std::mem::take(&mut event.payload));
             event.schema_version += 1;
         }

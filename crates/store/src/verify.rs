@@ -33,18 +33,11 @@ pub async fn verify_chain(pool: &PgPool) -> anyhow::Result<VerifyReport> {
         events_checked += 1;
         let event = RecordedEvent::from_row(&row).context("decode event")?;
         let failure = if event.position != expected_position {
-            Some(format!(
-                "expected position {expected_position}, found {}: an event is missing",
-                event.position
-            ))
+            Some(format!("expected position {expected_position}, found {}: an event is missing", event.position))
         } else if event.prev_hash != prev_hash {
             Some("prev_hash does not match the previous event's hash: events were removed or reordered".into())
-        } else if chain_hash(&prev_hash, &canonical_bytes(&canonical_of(&event))).as_slice()
-            != event.hash
-        {
-            Some(
-                "the stored hash does not match the event's contents: the event was altered".into(),
-            )
+        } else if chain_hash(&prev_hash, &canonical_bytes(&canonical_of(&event))).as_slice() != event.hash {
+            Some("the stored hash does not match the event's contents: the event was altered".into())
         } else {
             None
         };

@@ -1,0 +1,111 @@
+//! `jct bench`: measurements that print figures, each beside PostgreSQL's own single-row insert rate measured
+//! in the same run on the same machine, so every figure reads as a ratio. Nothing here passes or fails on time.
+//!
+//! Every benchmark runs in a scratch database of its own (`jct_bench_<ulid>`), dropped afterwards.
+
+mod append;
+mod enqueue;
+mod raw;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use hdrhistogram::Histogram;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::config::DatabaseArgs;
+use crate::database::Database;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Appends per second and p50/p99 latency at concurrency 1 and 16, for one- and seven-event commands.
+    Append {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// `POST /tasks/enqueue` (create_cwom=true, unique keys) and `GET /tasks/{id}` over HTTP.
+    Enqueue {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+}
+
+pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Result<()> {
+    let database = Database::open(database).await?;
+    let scratch = Scratch::create(&database).await?;
+    let result = match command {
+        BenchCommand::Append { seconds } => append::run(&scratch.pool, Duration::from_secs(seconds)).await,
+        BenchCommand::Enqueue { seconds, concurrency } => {
+            enqueue::run(&scratch.pool, Duration::from_secs(seconds), concurrency).await
+        }
+    };
+    scratch.drop(&database).await;
+    database.close().await;
+    result
+}
+
+/// A migrated scratch database.
+struct Scratch {
+    name: String,
+    pool: PgPool,
+}
+
+impl Scratch {
+    async fn create(database: &Database) -> anyhow::Result<Scratch> {
+        let name = format!("jct_bench_{}", ulid::Ulid::new().to_string().to_lowercase());
+        sqlx::query(&format!("create database {name}"))
+            .execute(&database.pool)
+            .await
+            .context("create scratch database")?;
+        let options: PgConnectOptions = database.url.parse::<PgConnectOptions>()?.database(&name);
+        let pool = PgPoolOptions::new().max_connections(40).connect_with(options).await?;
+        store::MIGRATOR.run(&pool).await?;
+        Ok(Scratch { name, pool })
+    }
+
+    async fn drop(self, database: &Database) {
+        self.pool.close().await;
+        if let Err(error) =
+            sqlx::query(&format!("drop database if exists {} with (force)", self.name)).execute(&database.pool).await
+        {
+            tracing::warn!("failed to drop scratch database {}: {error:#}", self.name);
+        }
+    }
+}
+
+/// Latencies in microseconds.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// One row of a results table.
+pub struct Measured {
+    pub label: String,
+    pub operations: u64,
+    pub elapsed: Duration,
+    pub latencies: Histogram<u64>,
+}
+
+impl Measured {
+    pub fn per_second(&self) -> f64 {
+        self.operations as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn print(&self, baseline: Option<f64>) {
+        let ratio = baseline.map_or(String::new(), |baseline| format!("{:>7.2}x raw", self.per_second() / baseline));
+        println!(
+            "{:<44} {:>10.0}/s  p50 {:>8.2} ms  p99 {:>8.2} ms  {ratio}",
+            self.label,
+            self.per_second(),
+            self.latencies.value_at_quantile(0.50) as f64 / 1000.0,
+            self.latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        );
+    }
+}

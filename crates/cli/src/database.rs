@@ -1,0 +1,50 @@
+//! Connecting: to `DATABASE_URL`, or to the managed cluster under the data directory, migrated either way.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::config::DatabaseArgs;
+
+/// A migrated pool, and the managed cluster when JCT runs its own.
+pub struct Database {
+    pub pool: PgPool,
+    pub url: String,
+    pub cluster: Option<devdb::ManagedCluster>,
+}
+
+impl Database {
+    /// Connects (starting the managed cluster when `DATABASE_URL` is unset) and applies migrations.
+    pub async fn open(args: &DatabaseArgs) -> anyhow::Result<Database> {
+        let (url, cluster) = match &args.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                tracing::info!(data_dir = %args.data_dir.display(), "DATABASE_URL is unset; running a managed PostgreSQL");
+                std::fs::create_dir_all(&args.data_dir)
+                    .with_context(|| format!("create JCT_DATA_DIR {}", args.data_dir.display()))?;
+                let data_dir = args.data_dir.canonicalize().context("resolve JCT_DATA_DIR")?;
+                let cluster = devdb::ManagedCluster::start(&data_dir).await?;
+                (cluster.url(devdb::DEFAULT_DATABASE), Some(cluster))
+            }
+        };
+        let options: PgConnectOptions = url.parse().context("parse DATABASE_URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(args.pool_size)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .context("connect to PostgreSQL (DATABASE_URL)")?;
+        store::MIGRATOR.run(&pool).await.context("apply migrations")?;
+        Ok(Database { pool, url, cluster })
+    }
+
+    /// Closes the pool and stops the managed cluster, if any.
+    pub async fn close(self) {
+        self.pool.close().await;
+        if let Some(cluster) = self.cluster {
+            cluster.stop().await;
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! System tests of JCT: the service through HTTP (in-process), on a real PostgreSQL with a fresh database
 //! per test. One binary for faster linking; modules split by feature.
 
+mod audit;
 mod harness;
 mod openapi_spec;
 mod tasks;

@@ -5,13 +5,14 @@
 //!
 //! Architecture invariant: no SQL and no event handling here; this crate depends on `app`, never on `store`.
 
+mod audit;
 pub mod body;
 mod doc;
 pub mod error;
 pub mod metrics;
 pub mod middleware;
 mod system;
-mod tasks;
+pub mod tasks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,11 +39,13 @@ pub enum ApiTags {
     System,
     /// Submitting and tracking tasks.
     Tasks,
+    /// The event log: queries, traces, histories, verification.
+    Audit,
 }
 
 /// The OpenAPI service: every operation, for serving and for writing `openapi/openapi.yaml`.
-pub fn openapi_service() -> OpenApiService<(system::SystemApi, tasks::TasksApi), ()> {
-    OpenApiService::new((system::SystemApi, tasks::TasksApi), "JCT", env!("CARGO_PKG_VERSION"))
+pub fn openapi_service() -> OpenApiService<(system::SystemApi, tasks::TasksApi, audit::AuditApi), ()> {
+    OpenApiService::new((system::SystemApi, tasks::TasksApi, audit::AuditApi), "JCT", env!("CARGO_PKG_VERSION"))
         .description(
             "The control tower for AI-assisted development work: submit tasks, track them, and query the \
              event log that records everything. Every command appends events to the audit log.",

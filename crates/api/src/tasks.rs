@@ -246,6 +246,9 @@ pub enum GetTaskResponse {
     /// No such task (also for an id that is not a ULID).
     #[oai(status = 404)]
     NotFound(Json<ErrorDetail>),
+    /// An invalid `as_of`.
+    #[oai(status = 422)]
+    Unprocessable(Json<UnprocessableEntity>),
 }
 
 #[derive(ApiResponse)]
@@ -346,20 +349,28 @@ impl TasksApi {
         operation_id = "getTask",
         tag = "ApiTags::Tasks"
     )]
-    async fn get(&self, app: Data<&App>, task_id: Path<String>) -> poem::Result<GetTaskResponse> {
+    async fn get(
+        &self,
+        app: Data<&App>,
+        task_id: Path<String>,
+        /// Forensics: the task as it was at this audit-log position (an integer) or time (RFC 3339), folded
+        /// from its events. 404 if it did not exist yet.
+        as_of: Query<Option<String>>,
+    ) -> poem::Result<GetTaskResponse> {
+        let as_of = match crate::audit::parse_as_of(as_of.0) {
+            Ok(as_of) => as_of,
+            Err(error) => return Ok(GetTaskResponse::Unprocessable(Json(error))),
+        };
         if !is_ulid(&task_id) {
-            return Ok(GetTaskResponse::NotFound(Json(ErrorDetail::new(
-                "Task not found",
-            ))));
+            return Ok(GetTaskResponse::NotFound(Json(ErrorDetail::new("Task not found"))));
         }
-        match app::tasks::get(&app, &task_id)
-            .await
-            .map_err(|error| internal(&error))?
-        {
+        let task = match as_of {
+            Some(as_of) => app::audit::task_as_of(&app, &task_id, as_of).await,
+            None => app::tasks::get(&app, &task_id).await,
+        };
+        match task.map_err(|error| internal(&error))? {
             Some(task) => Ok(GetTaskResponse::Ok(Json(Doc::new(task)))),
-            None => Ok(GetTaskResponse::NotFound(Json(ErrorDetail::new(
-                "Task not found",
-            )))),
+            None => Ok(GetTaskResponse::NotFound(Json(ErrorDetail::new("Task not found")))),
         }
     }
 

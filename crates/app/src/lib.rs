@@ -4,6 +4,7 @@
 //!
 //! Architecture invariant: no HTTP types here, and no SQL other than through `store` and `projections`.
 
+pub mod audit;
 pub mod system;
 pub mod tasks;
 

@@ -11,6 +11,7 @@
 //! its checkpoint, and `apply` is deterministic (no clock, no randomness, no IO outside the transaction), so
 //! a rebuild from the log equals the incrementally maintained model row for row.
 
+pub mod asof;
 pub mod rebuild;
 pub mod runner;
 pub mod tasks;

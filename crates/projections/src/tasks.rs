@@ -75,6 +75,15 @@ pub async fn get_task<'c>(
         .context("read task")
 }
 
+/// A task's GET shape, read on a given connection (e.g. inside an as-of transaction).
+pub async fn get_task_on(conn: &mut PgConnection, task_id: &str) -> anyhow::Result<Option<Value>> {
+    sqlx::query_scalar(include_str!("../../../projections/tasks/select_task.sql"))
+        .bind(task_id)
+        .fetch_optional(conn)
+        .await
+        .context("read task")
+}
+
 /// The exact-match filters of `GET /tasks`.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {

@@ -12,6 +12,7 @@
 //! gapless and position order equals commit order. Every reader relies on this.
 
 mod append;
+pub mod audit;
 mod canonical;
 pub mod read;
 mod record;

@@ -4,5 +4,6 @@
 mod audit;
 mod harness;
 mod openapi_spec;
+mod schema_change;
 mod tasks;
 mod tidy;

@@ -63,8 +63,12 @@ struct Inner {
 impl App {
     /// Builds the application on a migrated database and installs (or rebuilds) the read models.
     pub async fn start(pool: PgPool, config: Config) -> anyhow::Result<App> {
+        App::start_with(pool, config, all_projections()).await
+    }
+
+    /// Like [`App::start`] with a chosen set of read models (a deployment that changes one's version, say).
+    pub async fn start_with(pool: PgPool, config: Config, projections: Vec<Arc<dyn Projection>>) -> anyhow::Result<App> {
         let upcasters = upcasters();
-        let projections = all_projections();
         for projection in &projections {
             projections::runner::install(&pool, projection.as_ref(), &upcasters).await?;
         }

@@ -89,6 +89,12 @@ pub async fn apply_batch(
     .await?
     .with_context(|| format!("projection {} is not installed", projection.name()))?;
     let version: i32 = row.try_get("version")?;
+    if version > projection.version() {
+        // A newer deployment rebuilt this model and maintains it now; this process only reads it (its queries
+        // select the documents, which every version keeps). Rolling deploys rely on this.
+        tracing::debug!(projection = projection.name(), live = version, code = projection.version(), "newer version is live");
+        return Ok(0);
+    }
     anyhow::ensure!(
         version == projection.version(),
         "projection {} is live at version {version} but the code is at {}; run `jct projections rebuild {}`",
@@ -156,8 +162,11 @@ pub async fn wait_for(
                 "projection {} did not reach position {position} within {timeout:?}",
                 projection.name()
             );
-            // Blocks while another applier holds the checkpoint row, then applies whatever is left.
-            apply_batch(pool, projection.as_ref(), upcasters, BATCH_SIZE).await?;
+            // Blocks while another applier holds the checkpoint row, then applies whatever is left. When a newer
+            // version maintains the model, wait for its projector instead.
+            if apply_batch(pool, projection.as_ref(), upcasters, BATCH_SIZE).await? == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
     }
     Ok(())

@@ -65,6 +65,17 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Fold the read models as they were at a position or time into a separate schema, for inspection.
+    Replay {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The last position to include, or an RFC 3339 time (every event up to it).
+        #[arg(long)]
+        until: String,
+        /// The schema to build in (default `replay_<position>`); replaced if it exists.
+        #[arg(long)]
+        schema: Option<String>,
+    },
     /// Benchmarks that print figures (never pass or fail on time).
     Bench {
         #[command(flatten)]
@@ -134,6 +145,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let result = audit_command(&database, command).await;
             database.close().await;
             return result;
+        }
+        Command::Replay { database, until, schema } => {
+            let database = Database::open(&database).await?;
+            let result = replay(&database, &until, schema).await;
+            database.close().await;
+            result?;
         }
         Command::Bench { database, command } => bench::run(&database, command).await?,
         Command::Openapi => print!("{}", api::openapi_service().spec_yaml()),
@@ -276,4 +293,36 @@ async fn audit_command(database: &Database, command: AuditCommand) -> anyhow::Re
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn replay(database: &Database, until: &str, schema: Option<String>) -> anyhow::Result<()> {
+    let until = match app::audit::AsOf::parse(until) {
+        Some(app::audit::AsOf::Position(position)) => position,
+        Some(app::audit::AsOf::Time(ts)) => store::audit::position_at(&database.pool, ts).await?,
+        None => anyhow::bail!("--until {until:?} is neither a position nor an RFC 3339 time"),
+    };
+    let schema = schema.unwrap_or_else(|| format!("replay_{until}"));
+    let bar = indicatif::ProgressBar::new(until.max(0) as u64);
+    let applied = projections::rebuild::replay_into(
+        &database.pool,
+        &app::all_projections(),
+        &app::upcasters(),
+        &schema,
+        until,
+        &|progress| bar.set_position(progress.position.max(0) as u64),
+    )
+    .await?;
+    bar.finish_and_clear();
+    let tables: Vec<(String,)> =
+        sqlx::query_as("select tablename::text from pg_tables where schemaname = $1 order by tablename")
+            .bind(&schema)
+            .fetch_all(&database.pool)
+            .await?;
+    println!("replayed {applied} events up to position {until} into schema {schema}");
+    for (table,) in tables {
+        let rows: i64 = sqlx::query_scalar(&format!("select count(*) from {schema}.{table}")).fetch_one(&database.pool).await?;
+        println!("  {schema}.{table}: {rows} rows");
+    }
+    println!("inspect with: set search_path to {schema}, public;");
+    Ok(())
 }

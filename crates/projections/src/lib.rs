@@ -31,4 +31,10 @@ pub trait Projection: Send + Sync + 'static {
     fn schema(&self) -> &'static str;
     /// Applies one event (already upcast). Must ignore events it does not care about.
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()>;
+
+    /// Whether `apply` writes outside the database (the trace folders do). Such a projection is left out of
+    /// `jct replay`, which folds read models into a scratch schema for inspection.
+    fn writes_outside_the_database(&self) -> bool {
+        false
+    }
 }

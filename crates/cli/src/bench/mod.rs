@@ -5,6 +5,7 @@
 
 mod append;
 mod enqueue;
+mod forensics;
 mod raw;
 
 use std::time::Duration;
@@ -26,6 +27,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// A large log made through the append path, then: catch-up, audit queries by trace id, full rebuilds of
+    /// every projection, and hash-chain verification.
+    Forensics {
+        /// About how many events to append.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// How many audit queries by trace id to time.
+        #[arg(long, default_value_t = 2_000)]
+        queries: usize,
+    },
     /// `POST /tasks/enqueue` (create_cwom=true, unique keys) and `GET /tasks/{id}` over HTTP.
     Enqueue {
         /// Seconds per measurement.
@@ -42,6 +53,7 @@ pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Resu
     let scratch = Scratch::create(&database).await?;
     let result = match command {
         BenchCommand::Append { seconds } => append::run(&scratch.pool, Duration::from_secs(seconds)).await,
+        BenchCommand::Forensics { events, queries } => forensics::run(&scratch.pool, events, queries).await,
         BenchCommand::Enqueue { seconds, concurrency } => {
             enqueue::run(&scratch.pool, Duration::from_secs(seconds), concurrency).await
         }

@@ -4,6 +4,8 @@
 //! whitespace. Sorting is done here, not left to serde_json's map type, so the bytes do not depend on a cargo
 //! feature (`preserve_order`) that another crate could switch on. The timestamp enters as microseconds since
 //! the epoch, the precision PostgreSQL stores, so it reads back identically.
+//!
+//! An event's hash is `sha256(prev_hash || sha256(canonical bytes))` (docs/adr/0003-hash-chain.md).
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -88,12 +90,23 @@ pub fn canonical_bytes(event: &CanonicalEvent<'_>) -> Vec<u8> {
     out
 }
 
-/// `sha256(prev_hash || canonical bytes)`.
-pub fn chain_hash(prev_hash: &[u8], canonical: &[u8]) -> [u8; 32] {
+/// `sha256(canonical bytes)`: the digest of one event's contents. Independent of other events, so a verifier
+/// computes these in parallel and only the cheap chaining step is sequential.
+pub fn content_hash(canonical: &[u8]) -> [u8; 32] {
+    Sha256::digest(canonical).into()
+}
+
+/// `sha256(prev_hash || content_hash)`: the link of the chain.
+pub fn link_hash(prev_hash: &[u8], content_hash: &[u8; 32]) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(prev_hash);
-    hasher.update(canonical);
+    hasher.update(content_hash);
     hasher.finalize().into()
+}
+
+/// `sha256(prev_hash || sha256(canonical bytes))`: an event's stored hash.
+pub fn chain_hash(prev_hash: &[u8], canonical: &[u8]) -> [u8; 32] {
+    link_hash(prev_hash, &content_hash(canonical))
 }
 
 fn write_number(out: &mut Vec<u8>, number: i64) {

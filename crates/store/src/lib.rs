@@ -23,7 +23,7 @@ pub mod verify;
 pub use append::{
     append_batch, AppendError, Appended, EventStore, ExpectedVersion, NewCommand, NewEvent, APPEND_LOCK_KEY,
 };
-pub use canonical::{canonical_bytes, chain_hash, GENESIS_HASH};
+pub use canonical::{canonical_bytes, chain_hash, content_hash, link_hash, GENESIS_HASH};
 pub use record::RecordedEvent;
 pub use subscribe::{Subscription, Wakeup};
 pub use upcast::Upcasters;

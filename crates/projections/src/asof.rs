@@ -28,8 +28,11 @@ pub async fn fold_stream(
         .context("create the as-of scratch schema")?;
     conn.execute(projection.schema()).await.context("create the as-of tables")?;
     // Read with the pool, not the transaction: the events are committed and immutable either way.
-    for event in store::read::read_stream(pool, stream, Some(position)).await? {
-        projection.apply(&mut tx, &upcasters.upcast(event)).await?;
-    }
+    let events: Vec<_> = store::read::read_stream(pool, stream, Some(position))
+        .await?
+        .into_iter()
+        .map(|event| upcasters.upcast(event))
+        .collect();
+    projection.apply_batch(&mut tx, &events).await?;
     Ok(tx)
 }

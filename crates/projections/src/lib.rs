@@ -12,10 +12,13 @@
 //! a rebuild from the log equals the incrementally maintained model row for row.
 
 pub mod asof;
+pub mod queue;
 pub mod rebuild;
 pub mod runner;
 pub mod tasks;
+pub mod trace;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use store::RecordedEvent;
@@ -31,6 +34,17 @@ pub trait Projection: Send + Sync + 'static {
     fn schema(&self) -> &'static str;
     /// Applies one event (already upcast). Must ignore events it does not care about.
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()>;
+
+    /// Applies a batch of consecutive events (already upcast), in order. The default applies them one by one;
+    /// a projection may override it with set-based statements, provided the result is the same.
+    async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        for event in events {
+            self.apply(conn, event).await.with_context(|| {
+                format!("apply event {} ({}) to projection {}", event.position, event.event_type, self.name())
+            })?;
+        }
+        Ok(())
+    }
 
     /// Whether `apply` writes outside the database (the trace folders do). Such a projection is left out of
     /// `jct replay`, which folds read models into a scratch schema for inspection.

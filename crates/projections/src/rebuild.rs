@@ -51,19 +51,11 @@ async fn fold_into_shadow(
     after: i64,
 ) -> anyhow::Result<(i64, u64)> {
     let events = read_after(&mut *conn, after, REBUILD_BATCH_SIZE).await?;
-    let mut position = after;
-    for event in &events {
-        let event = upcasters.upcast(event.clone());
-        projection.apply(conn, &event).await.with_context(|| {
-            format!(
-                "apply event {} to the rebuild of {}",
-                event.position,
-                projection.name()
-            )
-        })?;
-        position = event.position;
-    }
-    Ok((position, events.len() as u64))
+    let position = events.last().map_or(after, |event| event.position);
+    let n_events = events.len() as u64;
+    let events: Vec<_> = events.into_iter().map(|event| upcasters.upcast(event)).collect();
+    projection.apply_batch(conn, &events).await.with_context(|| format!("rebuild {}", projection.name()))?;
+    Ok((position, n_events))
 }
 
 /// Builds `projection` at its code version from the whole log beside the live tables, then swaps it in.
@@ -205,20 +197,17 @@ pub async fn replay_into(
         let mut tx = pool.begin().await?;
         use_schema(&mut tx, schema).await?;
         let events = read_after(&mut *tx, position, REBUILD_BATCH_SIZE).await?;
-        let in_range: Vec<_> = events.iter().filter(|event| event.position <= until).collect();
-        for event in &in_range {
-            let event = upcasters.upcast((*event).clone());
-            for projection in &projections {
-                projection.apply(&mut tx, &event).await.with_context(|| {
-                    format!("apply event {} to the replay of {}", event.position, projection.name())
-                })?;
-            }
-            position = event.position;
+        let n_read = events.len();
+        let in_range: Vec<_> =
+            events.into_iter().filter(|event| event.position <= until).map(|event| upcasters.upcast(event)).collect();
+        for projection in &projections {
+            projection.apply_batch(&mut tx, &in_range).await.with_context(|| format!("replay {}", projection.name()))?;
         }
+        position = in_range.last().map_or(position, |event| event.position);
         tx.commit().await?;
         applied += in_range.len() as u64;
         on_progress(Progress { position, head: until, applied });
-        if in_range.len() < events.len() || events.len() < REBUILD_BATCH_SIZE as usize {
+        if in_range.len() < n_read || n_read < REBUILD_BATCH_SIZE as usize {
             return Ok(applied);
         }
     }

@@ -107,17 +107,9 @@ pub async fn apply_batch(
     let Some(last) = events.last().map(|event| event.position) else {
         return Ok(0);
     };
-    for event in &events {
-        let event = upcasters.upcast(event.clone());
-        projection.apply(&mut tx, &event).await.with_context(|| {
-            format!(
-                "apply event {} ({}) to projection {}",
-                event.position,
-                event.event_type,
-                projection.name()
-            )
-        })?;
-    }
+    let n_events = events.len();
+    let events: Vec<_> = events.into_iter().map(|event| upcasters.upcast(event)).collect();
+    projection.apply_batch(&mut tx, &events).await?;
     sqlx::query(
         "update projection_checkpoints set position = $2, updated_at = now() where name = $1",
     )
@@ -126,7 +118,7 @@ pub async fn apply_batch(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(events.len())
+    Ok(n_events)
 }
 
 /// Applies batches until the projection has caught up with the log. Returns the number applied.

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use store::{EventStore, NewCommand};
 
 use super::raw::kilobyte_payload;
-use super::{new_histogram, raw, Measured};
+use super::{raw, run_clients, Measured};
 
 fn command(n_events: usize, seq: u64) -> NewCommand {
     let stream = StreamId::new(EntityKind::Task, ulid::Ulid::new().to_string());
@@ -38,30 +38,14 @@ fn command(n_events: usize, seq: u64) -> NewCommand {
 async fn measure(pool: &PgPool, concurrency: usize, n_events: usize, duration: Duration) -> anyhow::Result<Measured> {
     let store = EventStore::new(pool.clone());
     let started = Instant::now();
-    let deadline = started + duration;
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let mut latencies = new_histogram();
-                let mut seq = 0_u64;
-                while Instant::now() < deadline {
-                    let began = Instant::now();
-                    store.append(command(n_events, seq)).await?;
-                    latencies.record(began.elapsed().as_micros() as u64)?;
-                    seq += 1;
-                }
-                anyhow::Ok((seq, latencies))
-            })
-        })
-        .collect();
-    let mut operations = 0;
-    let mut latencies = new_histogram();
-    for worker in workers {
-        let (count, histogram) = worker.await??;
-        operations += count;
-        latencies.add(histogram)?;
-    }
+    let (operations, _, latencies) = run_clients(concurrency, duration, move |_, seq| {
+        let store = store.clone();
+        async move {
+            store.append(command(n_events, seq)).await?;
+            Ok(true)
+        }
+    })
+    .await?;
     Ok(Measured {
         label: format!("append {n_events}-event commands, c={concurrency}"),
         operations,

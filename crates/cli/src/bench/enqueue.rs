@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use super::{new_histogram, raw, Measured};
+use super::{raw, run_clients, Measured};
 
 fn task_body(seq: u64, worker: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
@@ -41,44 +41,35 @@ pub async fn run(pool: &PgPool, duration: Duration, concurrency: usize) -> anyho
     let raw = raw::measure(pool, concurrency, Duration::from_secs(5)).await?;
     raw.print(None);
 
-    let task_ids = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let task_ids = Arc::new(std::sync::Mutex::new(Vec::new()));
     let started = Instant::now();
-    let deadline = started + duration;
-    let workers: Vec<_> = (0..concurrency)
-        .map(|worker| {
+    let (operations, failures, latencies) = {
+        let client = client.clone();
+        let url = format!("{base}/tasks/enqueue");
+        let task_ids = task_ids.clone();
+        run_clients(concurrency, duration, move |worker, seq| {
             let client = client.clone();
-            let url = format!("{base}/tasks/enqueue");
+            let url = url.clone();
             let task_ids = task_ids.clone();
-            tokio::spawn(async move {
-                let mut latencies = new_histogram();
-                let mut seq = 0_u64;
-                let mut failures = 0_u64;
-                let mut ids = Vec::new();
-                while Instant::now() < deadline {
-                    let began = Instant::now();
-                    let response = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(task_body(seq, worker))
-                        .send()
-                        .await?;
-                    let status = response.status();
-                    let body = response.bytes().await?;
-                    latencies.record(began.elapsed().as_micros() as u64)?;
-                    if status.as_u16() == 201 {
-                        let created: serde_json::Value = serde_json::from_slice(&body)?;
-                        ids.push(created["task_id"].as_str().unwrap_or_default().to_owned());
-                    } else {
-                        failures += 1;
-                    }
-                    seq += 1;
+            async move {
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(task_body(seq, worker))
+                    .send()
+                    .await?;
+                let status = response.status();
+                let body = response.bytes().await?;
+                if status.as_u16() != 201 {
+                    return Ok(false);
                 }
-                task_ids.lock().await.extend(ids);
-                anyhow::Ok((seq, failures, latencies))
-            })
+                let created: serde_json::Value = serde_json::from_slice(&body)?;
+                task_ids.lock().expect("not poisoned").push(created["task_id"].as_str().unwrap_or_default().to_owned());
+                Ok(true)
+            }
         })
-        .collect();
-    let (operations, failures, latencies) = collect(workers).await?;
+        .await?
+    };
     let enqueue = Measured {
         label: format!("POST /tasks/enqueue, c={concurrency}"),
         operations,
@@ -88,36 +79,22 @@ pub async fn run(pool: &PgPool, duration: Duration, concurrency: usize) -> anyho
     enqueue.print(Some(raw.per_second()));
     println!("  non-201 answers: {failures}");
 
-    let task_ids = Arc::new(task_ids.lock().await.clone());
+    let task_ids = Arc::new(task_ids.lock().expect("not poisoned").clone());
     anyhow::ensure!(!task_ids.is_empty(), "no task was enqueued");
     let started = Instant::now();
-    let deadline = started + duration;
-    let workers: Vec<_> = (0..concurrency)
-        .map(|worker| {
-            let client = client.clone();
-            let base = base.clone();
-            let task_ids = task_ids.clone();
-            tokio::spawn(async move {
-                let mut latencies = new_histogram();
-                let mut seq = 0_u64;
-                let mut failures = 0_u64;
-                while Instant::now() < deadline {
-                    let task_id = &task_ids[(seq as usize * 7919 + worker * 104_729) % task_ids.len()];
-                    let began = Instant::now();
-                    let response = client.get(format!("{base}/tasks/{task_id}")).send().await?;
-                    let status = response.status();
-                    let _ = response.bytes().await?;
-                    latencies.record(began.elapsed().as_micros() as u64)?;
-                    if status.as_u16() != 200 {
-                        failures += 1;
-                    }
-                    seq += 1;
-                }
-                anyhow::Ok((seq, failures, latencies))
-            })
-        })
-        .collect();
-    let (operations, failures, latencies) = collect(workers).await?;
+    let (operations, failures, latencies) = run_clients(concurrency, duration, move |worker, seq| {
+        let client = client.clone();
+        let base = base.clone();
+        let task_ids = task_ids.clone();
+        async move {
+            let task_id = &task_ids[(seq as usize * 7919 + worker * 104_729) % task_ids.len()];
+            let response = client.get(format!("{base}/tasks/{task_id}")).send().await?;
+            let status = response.status();
+            let _ = response.bytes().await?;
+            Ok(status.as_u16() == 200)
+        }
+    })
+    .await?;
     let get = Measured {
         label: format!("GET /tasks/{{id}}, c={concurrency}"),
         operations,
@@ -131,19 +108,3 @@ pub async fn run(pool: &PgPool, duration: Duration, concurrency: usize) -> anyho
     Ok(())
 }
 
-type WorkerResult = anyhow::Result<(u64, u64, hdrhistogram::Histogram<u64>)>;
-
-async fn collect(
-    workers: Vec<tokio::task::JoinHandle<WorkerResult>>,
-) -> anyhow::Result<(u64, u64, hdrhistogram::Histogram<u64>)> {
-    let mut operations = 0;
-    let mut failures = 0;
-    let mut latencies = new_histogram();
-    for worker in workers {
-        let (count, failed, histogram) = worker.await??;
-        operations += count;
-        failures += failed;
-        latencies.add(histogram)?;
-    }
-    Ok((operations, failures, latencies))
-}

@@ -92,6 +92,49 @@ impl Scratch {
     }
 }
 
+/// Runs `concurrency` clients, each calling `operation(client, seq)` in a loop until `duration` has passed, and
+/// returns the operations done, those that answered `Ok(false)` (a failure the caller counts), and latencies.
+pub async fn run_clients<F, Fut>(
+    concurrency: usize,
+    duration: Duration,
+    operation: F,
+) -> anyhow::Result<(u64, u64, Histogram<u64>)>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<bool>> + Send,
+{
+    let deadline = std::time::Instant::now() + duration;
+    let clients: Vec<_> = (0..concurrency)
+        .map(|client| {
+            let operation = operation.clone();
+            tokio::spawn(async move {
+                let mut latencies = new_histogram();
+                let mut seq = 0_u64;
+                let mut failures = 0_u64;
+                while std::time::Instant::now() < deadline {
+                    let began = std::time::Instant::now();
+                    if !operation(client, seq).await? {
+                        failures += 1;
+                    }
+                    latencies.record(began.elapsed().as_micros() as u64)?;
+                    seq += 1;
+                }
+                anyhow::Ok((seq, failures, latencies))
+            })
+        })
+        .collect();
+    let mut operations = 0;
+    let mut failures = 0;
+    let mut latencies = new_histogram();
+    for client in clients {
+        let (count, failed, histogram) = client.await??;
+        operations += count;
+        failures += failed;
+        latencies.add(histogram)?;
+    }
+    Ok((operations, failures, latencies))
+}
+
 /// Latencies in microseconds.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")

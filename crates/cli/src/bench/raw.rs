@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use super::{new_histogram, Measured};
+use super::{run_clients, Measured};
 
 /// A ~1 KB JSON document, the size of a typical event payload.
 pub fn kilobyte_payload(seq: u64) -> serde_json::Value {
@@ -18,33 +18,15 @@ pub async fn measure(pool: &PgPool, concurrency: usize, duration: Duration) -> a
     .execute(pool)
     .await?;
     let started = Instant::now();
-    let deadline = started + duration;
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let mut latencies = new_histogram();
-                let mut seq = 0_u64;
-                while Instant::now() < deadline {
-                    let began = Instant::now();
-                    sqlx::query("insert into bench_raw (body) values ($1)")
-                        .bind(kilobyte_payload(seq))
-                        .execute(&pool)
-                        .await?;
-                    latencies.record(began.elapsed().as_micros() as u64)?;
-                    seq += 1;
-                }
-                anyhow::Ok((seq, latencies))
-            })
-        })
-        .collect();
-    let mut operations = 0;
-    let mut latencies = new_histogram();
-    for worker in workers {
-        let (count, histogram) = worker.await??;
-        operations += count;
-        latencies.add(histogram)?;
-    }
+    let pool = pool.clone();
+    let (operations, _, latencies) = run_clients(concurrency, duration, move |_, seq| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("insert into bench_raw (body) values ($1)").bind(kilobyte_payload(seq)).execute(&pool).await?;
+            Ok(true)
+        }
+    })
+    .await?;
     Ok(Measured {
         label: format!("postgres raw insert 1 KB jsonb, c={concurrency}"),
         operations,

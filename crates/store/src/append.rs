@@ -21,7 +21,7 @@ use crate::record::RecordedEvent;
 use crate::EVENTS_CHANNEL;
 
 /// The key of the transaction-scoped advisory lock every append takes. Arbitrary, fixed forever.
-pub const APPEND_LOCK_KEY: i64 = 0x4a43_545f_4c4f_47; // "JCT_LOG"
+pub const APPEND_LOCK_KEY: i64 = 0x004a_4354_5f4c_4f47; // "JCT_LOG" in ASCII
 
 /// The most commands one batch takes; bounds the transaction's size and the time a caller waits behind others.
 const MAX_COMMANDS_PER_BATCH: usize = 256;

@@ -43,10 +43,8 @@ pub fn canonical_bytes(event: &CanonicalEvent<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.push(b'[');
     write_number(&mut out, event.position);
-    for text in [event.event_id] {
-        out.push(b',');
-        write_string(&mut out, text);
-    }
+    out.push(b',');
+    write_string(&mut out, event.event_id);
     out.push(b',');
     write_number(&mut out, event.ts.timestamp_micros());
     for text in [event.entity_kind, event.entity_id] {

@@ -52,7 +52,8 @@ async fn audit_events_filter_and_page_in_position_order() {
 
     let task_id = second["task_id"].as_str().unwrap();
     let (_, by_entity) = get(&test, &format!("/audit/events?entity_kind=Task&entity_id={task_id}")).await;
-    let types: Vec<&str> = by_entity["events"].as_array().unwrap().iter().map(|event| event["event_type"].as_str().unwrap()).collect();
+    let types: Vec<&str> =
+        by_entity["events"].as_array().unwrap().iter().map(|event| event["event_type"].as_str().unwrap()).collect();
     assert_eq!(types, ["TaskCreated", "TaskEnqueued"]);
     let (_, by_actor) = get(&test, "/audit/events?actor_kind=system&actor_id=task-enqueue").await;
     assert_eq!(by_actor["events"].as_array().unwrap().len(), 2);
@@ -67,7 +68,14 @@ async fn audit_events_filter_and_page_in_position_order() {
     let (_, past) = get(&test, "/audit/events?until=2000-01-01T00:00:00Z").await;
     assert_eq!(past["events"], json!([]));
 
-    for bad in ["?cursor=abc", "?entity_kind=Spaceship", "?actor_kind=robot", "?action=exploded", "?since=yesterday", "?limit=0"] {
+    for bad in [
+        "?cursor=abc",
+        "?entity_kind=Spaceship",
+        "?actor_kind=robot",
+        "?action=exploded",
+        "?since=yesterday",
+        "?limit=0",
+    ] {
         let (status, body) = get(&test, &format!("/audit/events{bad}")).await;
         assert_eq!(status, 422, "{bad}: {body}");
     }
@@ -80,11 +88,13 @@ async fn a_trace_timeline_names_every_event_and_object_of_the_request() {
     let (status, timeline) = get(&test, "/traces/trace-timeline").await;
     assert_eq!(status, 200);
     assert_eq!(timeline["events"].as_array().unwrap().len(), 8);
-    let kinds: Vec<&str> = timeline["objects"].as_array().unwrap().iter().map(|object| object["entity_kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> =
+        timeline["objects"].as_array().unwrap().iter().map(|object| object["entity_kind"].as_str().unwrap()).collect();
     for kind in ["Task", "Repo", "Issue", "ContextPacket", "ConstraintSnapshot"] {
         assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
     }
-    let ids: Vec<&str> = timeline["objects"].as_array().unwrap().iter().map(|object| object["entity_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        timeline["objects"].as_array().unwrap().iter().map(|object| object["entity_id"].as_str().unwrap()).collect();
     assert!(ids.contains(&created["task_id"].as_str().unwrap()));
     assert!(ids.contains(&created["cwom"]["issue_id"].as_str().unwrap()));
     let (status, _) = get(&test, "/traces/no-such-trace").await;
@@ -99,12 +109,14 @@ async fn histories_list_an_entitys_events_in_order() {
     let (status, history) = get(&test, &format!("/tasks/{task_id}/history")).await;
     assert_eq!(status, 200);
     assert_eq!(history["entity_kind"], "Task");
-    let versions: Vec<i64> = history["events"].as_array().unwrap().iter().map(|event| event["stream_version"].as_i64().unwrap()).collect();
+    let versions: Vec<i64> =
+        history["events"].as_array().unwrap().iter().map(|event| event["stream_version"].as_i64().unwrap()).collect();
     assert_eq!(versions, [1, 2]);
     let issue_id = created["cwom"]["issue_id"].as_str().unwrap();
     let (status, history) = get(&test, &format!("/cwom/issues/{issue_id}/history")).await;
     assert_eq!(status, 200);
-    let types: Vec<&str> = history["events"].as_array().unwrap().iter().map(|event| event["event_type"].as_str().unwrap()).collect();
+    let types: Vec<&str> =
+        history["events"].as_array().unwrap().iter().map(|event| event["event_type"].as_str().unwrap()).collect();
     assert_eq!(types, ["IssueCreated", "IssueLinked", "IssueLinked"]);
     for path in [
         "/tasks/01J00000000000000000000000/history".to_owned(),
@@ -187,20 +199,36 @@ async fn replay_folds_the_read_models_as_they_were_into_a_separate_schema() {
     let test = TestApp::spawn().await;
     let first = enqueue_traced(&test, "trace-replay-1", "The first task of the replay").await;
     enqueue_traced(&test, "trace-replay-2", "The second task of the replay").await;
-    let applied = projections::rebuild::replay_into(&test.pool, &app::all_projections(), &app::upcasters(), "replay_one", 1, &|_| {})
-        .await
-        .unwrap();
+    let applied = projections::rebuild::replay_into(
+        &test.pool,
+        &app::all_projections(),
+        &app::upcasters(),
+        "replay_one",
+        1,
+        &|_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(applied, 1);
-    let tasks: Vec<(String, String)> = sqlx::query_as("select task_id, status from replay_one.tasks").fetch_all(&test.pool).await.unwrap();
+    let tasks: Vec<(String, String)> =
+        sqlx::query_as("select task_id, status from replay_one.tasks").fetch_all(&test.pool).await.unwrap();
     assert_eq!(tasks, [(first["task_id"].as_str().unwrap().to_owned(), "pending".to_owned())]);
 
-    projections::rebuild::replay_into(&test.pool, &app::all_projections(), &app::upcasters(), "replay_all", 1_000, &|_| {})
-        .await
-        .unwrap();
-    let replayed: String = sqlx::query_scalar("select md5(string_agg(t::text, '|' order by task_id)) from replay_all.tasks t")
-        .fetch_one(&test.pool)
-        .await
-        .unwrap();
+    projections::rebuild::replay_into(
+        &test.pool,
+        &app::all_projections(),
+        &app::upcasters(),
+        "replay_all",
+        1_000,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let replayed: String =
+        sqlx::query_scalar("select md5(string_agg(t::text, '|' order by task_id)) from replay_all.tasks t")
+            .fetch_one(&test.pool)
+            .await
+            .unwrap();
     let live: String = sqlx::query_scalar("select md5(string_agg(t::text, '|' order by task_id)) from public.tasks t")
         .fetch_one(&test.pool)
         .await
@@ -208,4 +236,38 @@ async fn replay_folds_the_read_models_as_they_were_into_a_separate_schema() {
     assert_eq!(replayed, live, "a replay to the head equals the live read model");
     let live_count: i64 = sqlx::query_scalar("select count(*) from public.tasks").fetch_one(&test.pool).await.unwrap();
     assert_eq!(live_count, 2, "the live tables are untouched");
+}
+
+#[tokio::test]
+async fn as_of_reads_show_a_cwom_object_after_each_change() {
+    let test = TestApp::spawn().await;
+    let created = enqueue_traced(&test, "trace-cwom-asof", "An issue that changes twice").await;
+    let issue_id = created["cwom"]["issue_id"].as_str().unwrap();
+    for status in ["ready", "running"] {
+        let response =
+            test.client.patch(format!("/cwom/issues/{issue_id}/status")).query("status", &status).send().await;
+        assert_eq!(response.0.status(), 200);
+    }
+    let (_, history) = get(&test, &format!("/cwom/issues/{issue_id}/history")).await;
+    let positions: Vec<i64> =
+        history["events"].as_array().unwrap().iter().map(|event| event["position"].as_i64().unwrap()).collect();
+    assert_eq!(positions.len(), 5, "created, two links, two status changes");
+    let at = |position: i64| {
+        let path = format!("/cwom/issues/{issue_id}?as_of={position}");
+        let test = &test;
+        async move { get(test, &path).await }
+    };
+    assert_eq!(at(positions[0] - 1).await.0, 404);
+    let (status, created_state) = at(positions[0]).await;
+    assert_eq!(status, 200);
+    assert_eq!(created_state["status"], "planned");
+    assert_eq!(created_state["context_packets"], json!([]), "not linked yet");
+    let (_, linked) = at(positions[2]).await;
+    assert_eq!(linked["context_packets"].as_array().unwrap().len(), 1);
+    assert_eq!(at(positions[3]).await.1["status"], "ready");
+    let (_, last) = at(positions[4]).await;
+    assert_eq!(last["status"], "running");
+    let (_, live) = get(&test, &format!("/cwom/issues/{issue_id}")).await;
+    assert_eq!(last, live, "as of the head equals the live read model");
+    assert_eq!(get(&test, &format!("/cwom/issues/{issue_id}?as_of=soon")).await.0, 422);
 }

@@ -2,8 +2,10 @@
 //! per test. One binary for faster linking; modules split by feature.
 
 mod audit;
+mod cwom;
 mod harness;
 mod openapi_spec;
 mod schema_change;
 mod tasks;
 mod tidy;
+mod worker;

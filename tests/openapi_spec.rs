@@ -21,10 +21,7 @@ fn every_operation_has_an_operation_id_and_a_summary() {
     for (path, item) in spec["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
             n_operations += 1;
-            assert!(
-                operation["operationId"].is_string(),
-                "{method} {path} has no operationId"
-            );
+            assert!(operation["operationId"].is_string(), "{method} {path} has no operationId");
             assert!(
                 operation["summary"].is_string() || operation["description"].is_string(),
                 "{method} {path} is undocumented"

@@ -79,7 +79,8 @@ async fn a_new_read_model_version_is_rebuilt_beside_the_live_one_and_swapped_wit
                     failures.push(format!("enqueue {status}: {created}"));
                     continue;
                 }
-                let (status, fetched) = status_and_json(live.get_task(created["task_id"].as_str().unwrap()).await).await;
+                let (status, fetched) =
+                    status_and_json(live.get_task(created["task_id"].as_str().unwrap()).await).await;
                 if status != 200 || fetched["status"] != "queued" {
                     failures.push(format!("get {status}: {fetched}"));
                 }
@@ -122,7 +123,8 @@ async fn a_new_read_model_version_is_rebuilt_beside_the_live_one_and_swapped_wit
     new_app.wait_for(store::read::head_position(&new_pool).await.unwrap()).await.unwrap();
     let n_tasks: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&new_pool).await.unwrap();
     assert_eq!(n_tasks, 30 + served as i64);
-    let wrong_counts: i64 = sqlx::query_scalar("select count(*) from tasks where n_events <> 2").fetch_one(&new_pool).await.unwrap();
+    let wrong_counts: i64 =
+        sqlx::query_scalar("select count(*) from tasks where n_events <> 2").fetch_one(&new_pool).await.unwrap();
     assert_eq!(wrong_counts, 0, "every task row folded its two events");
 
     // The incrementally maintained result equals a fold from scratch.

@@ -294,7 +294,15 @@ async fn list_filters_exactly_and_returns_newest_first() {
     assert_eq!(none, json!([]));
     let (_, page) = list("?limit=1&offset=1").await;
     assert_eq!(page[0]["task_id"], ids[1].as_str());
-    for bad in ["?target_repo=a%00b", "?limit=0", "?limit=1001", "?offset=-1", "?status=sleeping", "?operation=deploy", "?limit=abc"] {
+    for bad in [
+        "?target_repo=a%00b",
+        "?limit=0",
+        "?limit=1001",
+        "?offset=-1",
+        "?status=sleeping",
+        "?operation=deploy",
+        "?limit=abc",
+    ] {
         let (status, body) = list(bad).await;
         assert_eq!(status, 422, "{bad}: {body}");
         assert_eq!(body["detail"][0]["loc"][0], "query", "{bad}");

@@ -22,12 +22,7 @@ fn every_rust_file_starts_with_a_module_doc() {
     rust_files(&root.join("crates"), &mut files);
     rust_files(&root.join("tests"), &mut files);
     assert!(files.len() > 20);
-    let undocumented: Vec<_> = files
-        .iter()
-        .filter(|path| !std::fs::read_to_string(path).unwrap().starts_with("//!"))
-        .collect();
-    assert!(
-        undocumented.is_empty(),
-        "files without a //! doc: {undocumented:?}"
-    );
+    let undocumented: Vec<_> =
+        files.iter().filter(|path| !std::fs::read_to_string(path).unwrap().starts_with("//!")).collect();
+    assert!(undocumented.is_empty(), "files without a //! doc: {undocumented:?}");
 }

@@ -251,17 +251,26 @@ impl AuditApi {
     ) -> poem::Result<EventsResponse> {
         if let Some(kind) = entity_kind.0.as_deref() {
             if EntityKind::parse(kind).is_none() {
-                return Ok(EventsResponse::Unprocessable(Json(query_error("entity_kind", format!("unknown entity kind {kind:?}")))));
+                return Ok(EventsResponse::Unprocessable(Json(query_error(
+                    "entity_kind",
+                    format!("unknown entity kind {kind:?}"),
+                ))));
             }
         }
         if let Some(kind) = actor_kind.0.as_deref() {
             if domain::event::ActorKind::parse(kind).is_none() {
-                return Ok(EventsResponse::Unprocessable(Json(query_error("actor_kind", format!("unknown actor kind {kind:?}")))));
+                return Ok(EventsResponse::Unprocessable(Json(query_error(
+                    "actor_kind",
+                    format!("unknown actor kind {kind:?}"),
+                ))));
             }
         }
         if let Some(action) = action.0.as_deref() {
             if domain::event::Action::parse(action).is_none() {
-                return Ok(EventsResponse::Unprocessable(Json(query_error("action", format!("unknown action {action:?}")))));
+                return Ok(EventsResponse::Unprocessable(Json(query_error(
+                    "action",
+                    format!("unknown action {action:?}"),
+                ))));
             }
         }
         let (since, until) = match (parse_time("since", since.0), parse_time("until", until.0)) {

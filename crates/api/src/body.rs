@@ -20,24 +20,13 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub struct BodyLimit(pub usize);
 
 async fn read_json(request: &Request, body: &mut RequestBody) -> poem::Result<Value> {
-    let limit = request
-        .extensions()
-        .get::<BodyLimit>()
-        .map_or(DEFAULT_BODY_LIMIT, |limit| limit.0);
-    let bytes = body
-        .take()?
-        .into_bytes_limit(limit)
-        .await
-        .map_err(|error| match error {
-            poem::error::ReadBodyError::PayloadTooLarge => payload_too_large(),
-            other => poem::Error::from(other),
-        })?;
+    let limit = request.extensions().get::<BodyLimit>().map_or(DEFAULT_BODY_LIMIT, |limit| limit.0);
+    let bytes = body.take()?.into_bytes_limit(limit).await.map_err(|error| match error {
+        poem::error::ReadBodyError::PayloadTooLarge => payload_too_large(),
+        other => poem::Error::from(other),
+    })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(unprocessable(&[ValidationError::new(
-            vec!["body".into()],
-            "missing",
-            "Field required",
-        )]));
+        return Err(unprocessable(&[ValidationError::new(vec!["body".into()], "missing", "Field required")]));
     }
     let value: Value = serde_json::from_slice(&bytes).map_err(|error| {
         unprocessable(&[ValidationError::new(
@@ -57,10 +46,7 @@ async fn read_json(request: &Request, body: &mut RequestBody) -> poem::Result<Va
 fn request_meta<T: Type>() -> Option<MetaRequest> {
     Some(MetaRequest {
         description: None,
-        content: vec![MetaMediaType {
-            content_type: "application/json",
-            schema: T::schema_ref(),
-        }],
+        content: vec![MetaMediaType { content_type: "application/json", schema: T::schema_ref() }],
         required: true,
     })
 }
@@ -89,10 +75,7 @@ impl<'a, T: Type> ApiExtractor<'a> for RawJson<T> {
         body: &mut RequestBody,
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        Ok(RawJson {
-            value: read_json(request, body).await?,
-            schema: PhantomData,
-        })
+        Ok(RawJson { value: read_json(request, body).await?, schema: PhantomData })
     }
 }
 
@@ -119,14 +102,8 @@ impl<'a, T: ParseFromJSON> ApiExtractor<'a> for ValidJson<T> {
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
         let value = read_json(request, body).await?;
-        T::parse_from_json(Some(value))
-            .map(ValidJson)
-            .map_err(|error| {
-                unprocessable(&[ValidationError::new(
-                    vec!["body".into()],
-                    "value_error",
-                    error.into_message(),
-                )])
-            })
+        T::parse_from_json(Some(value)).map(ValidJson).map_err(|error| {
+            unprocessable(&[ValidationError::new(vec!["body".into()], "value_error", error.into_message())])
+        })
     }
 }

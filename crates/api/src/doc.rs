@@ -25,10 +25,7 @@ impl<T> std::fmt::Debug for Doc<T> {
 
 impl<T> Doc<T> {
     pub fn new(value: Value) -> Doc<T> {
-        Doc {
-            value,
-            schema: PhantomData,
-        }
+        Doc { value, schema: PhantomData }
     }
 }
 

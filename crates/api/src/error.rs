@@ -19,9 +19,7 @@ pub struct ErrorDetail {
 
 impl ErrorDetail {
     pub fn new(detail: impl Into<String>) -> ErrorDetail {
-        ErrorDetail {
-            detail: detail.into(),
-        }
+        ErrorDetail { detail: detail.into() }
     }
 }
 
@@ -69,18 +67,12 @@ pub enum UnprocessableEntity {
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response {
-    Response::builder()
-        .status(status)
-        .content_type("application/json")
-        .body(body.to_string())
+    Response::builder().status(status).content_type("application/json").body(body.to_string())
 }
 
 /// A 422 response as an error, for extractors.
 pub fn unprocessable(errors: &[ValidationError]) -> poem::Error {
-    poem::Error::from_response(json_response(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        detail_json(errors),
-    ))
+    poem::Error::from_response(json_response(StatusCode::UNPROCESSABLE_ENTITY, detail_json(errors)))
 }
 
 /// The 422 body of validation errors, typed for operation responses.
@@ -110,14 +102,8 @@ pub fn payload_too_large() -> poem::Error {
 
 /// A 401 response with `WWW-Authenticate: Bearer`.
 pub fn unauthorized() -> Response {
-    let mut response = json_response(
-        StatusCode::UNAUTHORIZED,
-        json!({ "detail": "Invalid or missing API key" }),
-    );
-    response.headers_mut().insert(
-        "www-authenticate",
-        poem::http::HeaderValue::from_static("Bearer"),
-    );
+    let mut response = json_response(StatusCode::UNAUTHORIZED, json!({ "detail": "Invalid or missing API key" }));
+    response.headers_mut().insert("www-authenticate", poem::http::HeaderValue::from_static("Bearer"));
     response
 }
 
@@ -137,30 +123,18 @@ pub fn to_response(error: poem::Error) -> Response {
         return error.into_response();
     }
     if let Some(param) = error.downcast_ref::<poem_openapi::error::ParseParamError>() {
-        let kind = if param.reason.contains("required") {
-            "missing"
-        } else {
-            "value_error"
-        };
+        let kind = if param.reason.contains("required") { "missing" } else { "value_error" };
         return json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
-            detail_json(&[ValidationError::new(
-                vec!["query".into(), param.name.into()],
-                kind,
-                param.reason.clone(),
-            )]),
+            detail_json(&[ValidationError::new(vec!["query".into(), param.name.into()], kind, param.reason.clone())]),
         );
     }
     let status = error.status();
-    if error.is::<poem_openapi::error::ParsePathError>() || error.is::<poem::error::NotFoundError>()
-    {
+    if error.is::<poem_openapi::error::ParsePathError>() || error.is::<poem::error::NotFoundError>() {
         return json_response(StatusCode::NOT_FOUND, json!({ "detail": "Not Found" }));
     }
     if error.is::<poem::error::MethodNotAllowedError>() {
-        return json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({ "detail": "Method Not Allowed" }),
-        );
+        return json_response(StatusCode::METHOD_NOT_ALLOWED, json!({ "detail": "Method Not Allowed" }));
     }
     if status.is_server_error() {
         tracing::error!("failed to handle request: {error:#}");

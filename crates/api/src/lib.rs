@@ -5,8 +5,9 @@
 //!
 //! Architecture invariant: no SQL and no event handling here; this crate depends on `app`, never on `store`.
 
-mod audit;
+pub(crate) mod audit;
 pub mod body;
+mod cwom;
 mod doc;
 pub mod error;
 pub mod metrics;
@@ -39,18 +40,25 @@ pub enum ApiTags {
     System,
     /// Submitting and tracking tasks.
     Tasks,
+    /// The Canonical Work Object Model: repos, issues, context packets, constraint snapshots, doctrine, runs
+    /// and artifacts.
+    Cwom,
     /// The event log: queries, traces, histories, verification.
     Audit,
 }
 
 /// The OpenAPI service: every operation, for serving and for writing `openapi/openapi.yaml`.
-pub fn openapi_service() -> OpenApiService<(system::SystemApi, tasks::TasksApi, audit::AuditApi), ()> {
-    OpenApiService::new((system::SystemApi, tasks::TasksApi, audit::AuditApi), "JCT", env!("CARGO_PKG_VERSION"))
-        .description(
-            "The control tower for AI-assisted development work: submit tasks, track them, and query the \
+pub fn openapi_service() -> OpenApiService<(system::SystemApi, tasks::TasksApi, cwom::CwomApi, audit::AuditApi), ()> {
+    OpenApiService::new(
+        (system::SystemApi, tasks::TasksApi, cwom::CwomApi, audit::AuditApi),
+        "JCT",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "The control tower for AI-assisted development work: submit tasks, track them, and query the \
              event log that records everything. Every command appends events to the audit log.",
-        )
-        .server("http://127.0.0.1:8000")
+    )
+    .server("http://127.0.0.1:8000")
 }
 
 /// The whole HTTP application: the API, `/openapi.json`, `/docs`, and the middleware.

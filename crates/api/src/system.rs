@@ -46,62 +46,30 @@ pub struct SystemApi;
 #[OpenApi]
 impl SystemApi {
     /// Liveness: answers without touching the database.
-    #[oai(
-        path = "/health",
-        method = "get",
-        operation_id = "health",
-        tag = "ApiTags::System"
-    )]
+    #[oai(path = "/health", method = "get", operation_id = "health", tag = "ApiTags::System")]
     async fn health(&self) -> Json<Health> {
-        Json(Health {
-            status: "ok".into(),
-        })
+        Json(Health { status: "ok".into() })
     }
 
     /// Readiness: checks the database with `select 1`. Always 200; `ok` and `db` are false when it is down.
-    #[oai(
-        path = "/healthz",
-        method = "get",
-        operation_id = "healthz",
-        tag = "ApiTags::System"
-    )]
+    #[oai(path = "/healthz", method = "get", operation_id = "healthz", tag = "ApiTags::System")]
     async fn healthz(&self, app: Data<&App>) -> Json<Healthz> {
         let db = app.database_is_up().await;
         Json(Healthz { ok: db, db })
     }
 
     /// The version of the running service.
-    #[oai(
-        path = "/version",
-        method = "get",
-        operation_id = "version",
-        tag = "ApiTags::System"
-    )]
+    #[oai(path = "/version", method = "get", operation_id = "version", tag = "ApiTags::System")]
     async fn version(&self) -> Json<Version> {
-        Json(Version {
-            version: env!("CARGO_PKG_VERSION").into(),
-        })
+        Json(Version { version: env!("CARGO_PKG_VERSION").into() })
     }
 
     /// Metrics in the Prometheus text format: HTTP requests and latencies, events appended, projection lag,
     /// tasks by status, worker claims and failures.
-    #[oai(
-        path = "/metrics",
-        method = "get",
-        operation_id = "metrics",
-        tag = "ApiTags::System"
-    )]
-    async fn metrics(
-        &self,
-        app: Data<&App>,
-        metrics: Data<&Arc<Metrics>>,
-    ) -> poem::Result<MetricsResponse> {
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics", tag = "ApiTags::System")]
+    async fn metrics(&self, app: Data<&App>, metrics: Data<&Arc<Metrics>>) -> poem::Result<MetricsResponse> {
         let mut text = metrics.render();
-        text.push_str(
-            &app::system::database_metrics(&app)
-                .await
-                .map_err(|error| crate::error::internal(&error))?,
-        );
+        text.push_str(&app::system::database_metrics(&app).await.map_err(|error| crate::error::internal(&error))?);
         Ok(MetricsResponse::Ok(PlainText(text)))
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use app::tasks::{EnqueueError, EnqueueOutcome, EnqueueRequest};
+use app::tasks::{CancelOutcome, EnqueueError, EnqueueOutcome, EnqueueRequest};
 use app::{App, TaskFilter};
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
@@ -14,8 +14,7 @@ use serde_json::Value;
 use crate::body::RawJson;
 use crate::doc::Doc;
 use crate::error::{
-    internal, validation_error, ErrorDetail, PolicyViolation, PolicyViolationError,
-    UnprocessableEntity,
+    internal, validation_error, ErrorDetail, PolicyViolation, PolicyViolationError, UnprocessableEntity,
 };
 use crate::middleware::TraceId;
 use crate::ApiTags;
@@ -69,11 +68,7 @@ pub struct Target {
     #[oai(validator(min_length = 1, max_length = 256))]
     pub repo: String,
     /// Git ref; default `main`.
-    #[oai(
-        rename = "ref",
-        default = "default_ref",
-        validator(min_length = 1, max_length = 256)
-    )]
+    #[oai(rename = "ref", default = "default_ref", validator(min_length = 1, max_length = 256))]
     pub git_ref: String,
     /// Path within the repository; default `""` (the root).
     #[oai(default, validator(max_length = 512))]
@@ -92,10 +87,7 @@ fn default_time_budget() -> u32 {
 #[derive(Debug, Clone, Object)]
 pub struct Constraints {
     /// Seconds, 30..86400; default 900.
-    #[oai(
-        default = "default_time_budget",
-        validator(minimum(value = "30"), maximum(value = "86400"))
-    )]
+    #[oai(default = "default_time_budget", validator(minimum(value = "30"), maximum(value = "86400")))]
     pub time_budget_seconds: u32,
     #[oai(default)]
     pub allow_network: bool,
@@ -263,6 +255,21 @@ pub enum ListTasksResponse {
     Unprocessable(Json<UnprocessableEntity>),
 }
 
+#[derive(ApiResponse)]
+pub enum CancelTaskResponse {
+    /// The task is cancelled; a running attempt's handler is stopped by its worker within about a second.
+    #[oai(status = 200)]
+    Ok(Json<Doc<TaskDocument>>),
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorDetail>),
+    /// No such task (also for an id that is not a ULID).
+    #[oai(status = 404)]
+    NotFound(Json<ErrorDetail>),
+    /// The task already completed, failed or was cancelled; nothing changed.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorDetail>),
+}
+
 /// Whether `text` is a ULID (26 Crockford base32 characters). Anything else is a 404 that never reaches storage.
 pub fn is_ulid(text: &str) -> bool {
     text.len() == 26 && ulid::Ulid::from_string(text).is_ok()
@@ -276,12 +283,7 @@ impl TasksApi {
     /// Submit a task. The body is TaskSpec v1; the policy gate admits or rejects it; an idempotency key makes
     /// retries safe. With `create_cwom` (default true) the Repo (get-or-create by normalised slug),
     /// ConstraintSnapshot, Issue and ContextPacket are created in the same transaction as the task.
-    #[oai(
-        path = "/tasks/enqueue",
-        method = "post",
-        operation_id = "enqueueTask",
-        tag = "ApiTags::Tasks"
-    )]
+    #[oai(path = "/tasks/enqueue", method = "post", operation_id = "enqueueTask", tag = "ApiTags::Tasks")]
     async fn enqueue(
         &self,
         app: Data<&App>,
@@ -299,56 +301,45 @@ impl TasksApi {
             trace_id: trace.0 .0.clone(),
         };
         match app::tasks::enqueue(&app, request).await {
-            Ok(EnqueueOutcome::Created {
-                task,
-                cwom,
-                position,
-            }) => Ok(EnqueueResponse::Created(Json(EnqueueCreated {
-                status: "success".into(),
-                task_id: task["task_id"].as_str().unwrap_or_default().to_owned(),
-                trace_id: trace.0 .0.clone(),
-                message: "Task enqueued successfully".into(),
-                cwom: cwom.map(|ids| CwomRefs {
-                    repo_id: ids.repo_id,
-                    issue_id: ids.issue_id,
-                    context_packet_id: ids.context_packet_id,
-                    constraint_snapshot_id: ids.constraint_snapshot_id,
-                }),
-                task: Doc::new(task),
-                position,
-            }))),
-            Ok(EnqueueOutcome::Duplicate { task }) => {
-                Ok(EnqueueResponse::Conflict(Json(EnqueueConflict {
-                    status: "conflict".into(),
+            Ok(EnqueueOutcome::Created { task, cwom, position }) => {
+                Ok(EnqueueResponse::Created(Json(EnqueueCreated {
+                    status: "success".into(),
                     task_id: task["task_id"].as_str().unwrap_or_default().to_owned(),
-                    trace_id: task["trace_id"].as_str().unwrap_or_default().to_owned(),
-                    message: "Task with this idempotency_key already exists".into(),
+                    trace_id: trace.0 .0.clone(),
+                    message: "Task enqueued successfully".into(),
+                    cwom: cwom.map(|ids| CwomRefs {
+                        repo_id: ids.repo_id,
+                        issue_id: ids.issue_id,
+                        context_packet_id: ids.context_packet_id,
+                        constraint_snapshot_id: ids.constraint_snapshot_id,
+                    }),
                     task: Doc::new(task),
+                    position,
                 })))
             }
-            Err(EnqueueError::Invalid(errors)) => Ok(EnqueueResponse::Unprocessable(Json(
-                validation_error(&errors),
-            ))),
-            Err(EnqueueError::Policy(policy)) => Ok(EnqueueResponse::Unprocessable(Json(
-                UnprocessableEntity::Policy(PolicyViolationError {
+            Ok(EnqueueOutcome::Duplicate { task }) => Ok(EnqueueResponse::Conflict(Json(EnqueueConflict {
+                status: "conflict".into(),
+                task_id: task["task_id"].as_str().unwrap_or_default().to_owned(),
+                trace_id: task["trace_id"].as_str().unwrap_or_default().to_owned(),
+                message: "Task with this idempotency_key already exists".into(),
+                task: Doc::new(task),
+            }))),
+            Err(EnqueueError::Invalid(errors)) => Ok(EnqueueResponse::Unprocessable(Json(validation_error(&errors)))),
+            Err(EnqueueError::Policy(policy)) => {
+                Ok(EnqueueResponse::Unprocessable(Json(UnprocessableEntity::Policy(PolicyViolationError {
                     detail: PolicyViolation {
                         error: "policy_violation".into(),
                         code: policy.code.to_owned(),
                         message: policy.message,
                     },
-                }),
-            ))),
+                }))))
+            }
             Err(EnqueueError::Internal(error)) => Err(internal(&error)),
         }
     }
 
     /// One task by id.
-    #[oai(
-        path = "/tasks/:task_id",
-        method = "get",
-        operation_id = "getTask",
-        tag = "ApiTags::Tasks"
-    )]
+    #[oai(path = "/tasks/:task_id", method = "get", operation_id = "getTask", tag = "ApiTags::Tasks")]
     async fn get(
         &self,
         app: Data<&App>,
@@ -374,13 +365,32 @@ impl TasksApi {
         }
     }
 
+    /// Cancel a task: a queued task is cancelled at once and never runs; a running task is cancelled too, and its
+    /// worker stops the handler (it notices within about a second). The events carry this request's trace id.
+    #[oai(path = "/tasks/:task_id/cancel", method = "post", operation_id = "cancelTask", tag = "ApiTags::Tasks")]
+    async fn cancel(
+        &self,
+        app: Data<&App>,
+        trace: Data<&TraceId>,
+        task_id: Path<String>,
+        /// Trace id for every event of this request: 1..128 printable characters; generated when absent.
+        #[oai(name = "X-Trace-Id")]
+        _trace_header: Header<Option<String>>,
+    ) -> poem::Result<CancelTaskResponse> {
+        if !is_ulid(&task_id) {
+            return Ok(CancelTaskResponse::NotFound(Json(ErrorDetail::new("Task not found"))));
+        }
+        match app::tasks::cancel(&app, &task_id, &trace.0 .0).await.map_err(|error| internal(&error))? {
+            CancelOutcome::Cancelled { task, .. } => Ok(CancelTaskResponse::Ok(Json(Doc::new(task)))),
+            CancelOutcome::NotFound => Ok(CancelTaskResponse::NotFound(Json(ErrorDetail::new("Task not found")))),
+            CancelOutcome::AlreadyFinished { status } => Ok(CancelTaskResponse::Conflict(Json(ErrorDetail::new(
+                format!("Task is already {status} and cannot be cancelled"),
+            )))),
+        }
+    }
+
     /// Tasks, newest first, filtered by exact matches.
-    #[oai(
-        path = "/tasks",
-        method = "get",
-        operation_id = "listTasks",
-        tag = "ApiTags::Tasks"
-    )]
+    #[oai(path = "/tasks", method = "get", operation_id = "listTasks", tag = "ApiTags::Tasks")]
     #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
@@ -391,10 +401,7 @@ impl TasksApi {
         /// Normalised repository, exact match.
         target_repo: Query<Option<String>>,
         /// 1..1000, default 100.
-        #[oai(
-            default = "default_limit",
-            validator(minimum(value = "1"), maximum(value = "1000"))
-        )]
+        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<i64>,
         /// 0 or more, default 0.
         #[oai(default, validator(minimum(value = "0")))]
@@ -406,21 +413,14 @@ impl TasksApi {
             requester_kind: requester_kind.0.map(enum_text),
             target_repo: target_repo.0,
         };
-        let tasks = app::tasks::list(&app, &filter, limit.0, offset.0)
-            .await
-            .map_err(|error| internal(&error))?;
-        Ok(ListTasksResponse::Ok(Json(
-            tasks.into_iter().map(Doc::new).collect(),
-        )))
+        let tasks = app::tasks::list(&app, &filter, limit.0, offset.0).await.map_err(|error| internal(&error))?;
+        Ok(ListTasksResponse::Ok(Json(tasks.into_iter().map(Doc::new).collect())))
     }
 }
 
 /// The wire spelling of an enum value.
 fn enum_text<T: ToJSON>(value: T) -> String {
-    value
-        .to_json()
-        .and_then(|json| json.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    value.to_json().and_then(|json| json.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 fn default_limit() -> i64 {

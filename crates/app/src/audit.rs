@@ -157,3 +157,12 @@ pub async fn task_as_of(app: &App, task_id: &str, as_of: AsOf) -> anyhow::Result
     tx.rollback().await?;
     Ok(task)
 }
+
+/// A CWOM object as it was at `as_of`, folded from its stream by the CWOM event contract; `None` if it did not
+/// exist then.
+pub async fn cwom_as_of(app: &App, kind: EntityKind, id: &str, as_of: AsOf) -> anyhow::Result<Option<Value>> {
+    let position = as_of.position(app).await?;
+    let events = store::read::read_stream(app.pool(), &StreamId::new(kind, id), Some(position)).await?;
+    let events: Vec<_> = events.into_iter().map(|event| app.upcasters().upcast(event)).collect();
+    Ok(domain::cwom::fold(kind, events.iter().map(|event| (event.action, &event.payload))))
+}

@@ -5,8 +5,10 @@
 //! Architecture invariant: no HTTP types here, and no SQL other than through `store` and `projections`.
 
 pub mod audit;
+pub mod cwom;
 pub mod system;
 pub mod tasks;
+pub mod worker;
 
 pub use projections::tasks::TaskFilter;
 
@@ -29,16 +31,17 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config {
-            policy: PolicyConfig::default(),
-            read_your_writes_timeout: Duration::from_secs(10),
-        }
+        Config { policy: PolicyConfig::default(), read_your_writes_timeout: Duration::from_secs(10) }
     }
 }
 
 /// Every read model, in the order they are installed and caught up.
 pub fn all_projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(projections::tasks::TasksProjection)]
+    vec![
+        Arc::new(projections::tasks::TasksProjection),
+        Arc::new(projections::cwom::CwomProjection),
+        Arc::new(projections::queue::QueueProjection),
+    ]
 }
 
 /// Every registered upcaster (none yet: every event type is at its first schema version).
@@ -67,19 +70,17 @@ impl App {
     }
 
     /// Like [`App::start`] with a chosen set of read models (a deployment that changes one's version, say).
-    pub async fn start_with(pool: PgPool, config: Config, projections: Vec<Arc<dyn Projection>>) -> anyhow::Result<App> {
+    pub async fn start_with(
+        pool: PgPool,
+        config: Config,
+        projections: Vec<Arc<dyn Projection>>,
+    ) -> anyhow::Result<App> {
         let upcasters = upcasters();
         for projection in &projections {
             projections::runner::install(&pool, projection.as_ref(), &upcasters).await?;
         }
         Ok(App {
-            inner: Arc::new(Inner {
-                store: EventStore::new(pool.clone()),
-                pool,
-                config,
-                upcasters,
-                projections,
-            }),
+            inner: Arc::new(Inner { store: EventStore::new(pool.clone()), pool, config, upcasters, projections }),
         })
     }
 

@@ -9,25 +9,14 @@ use crate::App;
 pub async fn database_metrics(app: &App) -> anyhow::Result<String> {
     let mut text = String::new();
     let head = store::read::head_position(app.pool()).await?;
-    writeln!(
-        text,
-        "# HELP jct_events_appended_total Events in the audit log."
-    )?;
+    writeln!(text, "# HELP jct_events_appended_total Events in the audit log.")?;
     writeln!(text, "# TYPE jct_events_appended_total counter")?;
     writeln!(text, "jct_events_appended_total {head}")?;
 
-    writeln!(
-        text,
-        "# HELP jct_projection_lag_events Events appended but not yet applied, per projection."
-    )?;
+    writeln!(text, "# HELP jct_projection_lag_events Events appended but not yet applied, per projection.")?;
     writeln!(text, "# TYPE jct_projection_lag_events gauge")?;
     for status in projections::runner::status(app.pool(), app.projections()).await? {
-        writeln!(
-            text,
-            "jct_projection_lag_events{{projection=\"{}\"}} {}",
-            status.name,
-            status.lag.unwrap_or(head)
-        )?;
+        writeln!(text, "jct_projection_lag_events{{projection=\"{}\"}} {}", status.name, status.lag.unwrap_or(head))?;
     }
 
     writeln!(text, "# HELP jct_tasks Tasks by status.")?;
@@ -36,10 +25,7 @@ pub async fn database_metrics(app: &App) -> anyhow::Result<String> {
         writeln!(text, "jct_tasks{{status=\"{status}\"}} {count}")?;
     }
 
-    writeln!(
-        text,
-        "# HELP jct_worker_events_total Worker events appended, by event type."
-    )?;
+    writeln!(text, "# HELP jct_worker_events_total Worker events appended, by event type.")?;
     writeln!(text, "# TYPE jct_worker_events_total counter")?;
     let counts: Vec<(String, i64)> = sqlx::query_as(
         "select event_type, count(*) from audit_log \
@@ -49,10 +35,7 @@ pub async fn database_metrics(app: &App) -> anyhow::Result<String> {
     .fetch_all(app.pool())
     .await?;
     for (event_type, count) in counts {
-        writeln!(
-            text,
-            "jct_worker_events_total{{event_type=\"{event_type}\"}} {count}"
-        )?;
+        writeln!(text, "jct_worker_events_total{{event_type=\"{event_type}\"}} {count}")?;
     }
     Ok(text)
 }

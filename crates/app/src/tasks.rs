@@ -26,11 +26,7 @@ pub struct EnqueueRequest {
 #[derive(Debug)]
 pub enum EnqueueOutcome {
     /// The task was created and queued.
-    Created {
-        task: Value,
-        cwom: Option<CwomIds>,
-        position: i64,
-    },
+    Created { task: Value, cwom: Option<CwomIds>, position: i64 },
     /// The idempotency key belongs to an earlier task; nothing was written.
     Duplicate { task: Value },
 }
@@ -61,38 +57,22 @@ pub async fn enqueue(app: &App, request: EnqueueRequest) -> Result<EnqueueOutcom
         let now = now();
         let cwom: Option<TaskCwom> = if request.create_cwom {
             let existing_repo =
-                store::read::claim_owner(app.pool(), &repo_slug_key(&spec.target.repo))
-                    .await?
-                    .map(|(repo, _)| repo.id);
+                store::read::claim_owner(app.pool(), &repo_slug_key(&spec.target.repo)).await?.map(|(repo, _)| repo.id);
             let fresh_ids = CwomIds {
                 repo_id: ulid::Ulid::new().to_string(),
                 constraint_snapshot_id: ulid::Ulid::new().to_string(),
                 issue_id: ulid::Ulid::new().to_string(),
                 context_packet_id: ulid::Ulid::new().to_string(),
             };
-            Some(task_to_cwom(
-                &spec,
-                &request.trace_id,
-                now,
-                fresh_ids,
-                existing_repo.as_deref(),
-            ))
+            Some(task_to_cwom(&spec, &request.trace_id, now, fresh_ids, existing_repo.as_deref()))
         } else {
             None
         };
-        let decision = EnqueueTask {
-            spec: &spec,
-            task_id: &task_id,
-            trace_id: &request.trace_id,
-            now,
-            cwom: cwom.as_ref(),
-        };
+        let decision =
+            EnqueueTask { spec: &spec, task_id: &task_id, trace_id: &request.trace_id, now, cwom: cwom.as_ref() };
         let command = NewCommand {
             events: lifecycle::enqueue(&decision),
-            expected: vec![(
-                StreamId::new(EntityKind::Task, &task_id),
-                ExpectedVersion::NoStream,
-            )],
+            expected: vec![(StreamId::new(EntityKind::Task, &task_id), ExpectedVersion::NoStream)],
             idempotency_key: spec.idempotency_key.clone(),
             trace_id: Some(request.trace_id.clone()),
             correlation_id: Some(request.trace_id.clone()),
@@ -104,19 +84,13 @@ pub async fn enqueue(app: &App, request: EnqueueRequest) -> Result<EnqueueOutcom
                 app.wait_for(position).await?;
                 let task = projections::tasks::get_task(app.pool(), &task_id)
                     .await?
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("task {task_id} is missing from its read model")
-                    })?;
-                return Ok(EnqueueOutcome::Created {
-                    task,
-                    cwom: cwom.map(|cwom| cwom.ids),
-                    position,
-                });
+                    .ok_or_else(|| anyhow::anyhow!("task {task_id} is missing from its read model"))?;
+                return Ok(EnqueueOutcome::Created { task, cwom: cwom.map(|cwom| cwom.ids), position });
             }
             Err(AppendError::DuplicateIdempotencyKey { key, .. }) => {
-                let task = existing_task_for_key(app, &key).await?.ok_or_else(|| {
-                    anyhow::anyhow!("idempotency key {key:?} is claimed but has no task")
-                })?;
+                let task = existing_task_for_key(app, &key)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("idempotency key {key:?} is claimed but has no task"))?;
                 return Ok(EnqueueOutcome::Duplicate { task });
             }
             // Another command created this Repo meanwhile: decide again, reusing it.
@@ -131,15 +105,11 @@ pub async fn enqueue(app: &App, request: EnqueueRequest) -> Result<EnqueueOutcom
             Err(error) => return Err(EnqueueError::Internal(error.into())),
         }
     }
-    Err(EnqueueError::Internal(anyhow::anyhow!(
-        "enqueue kept losing races to create its Repo; try again"
-    )))
+    Err(EnqueueError::Internal(anyhow::anyhow!("enqueue kept losing races to create its Repo; try again")))
 }
 
 async fn existing_task_for_key(app: &App, key: &str) -> anyhow::Result<Option<Value>> {
-    let Some((stream, position)) =
-        store::read::claim_owner(app.pool(), &idempotency_key_claim(key)).await?
-    else {
+    let Some((stream, position)) = store::read::claim_owner(app.pool(), &idempotency_key_claim(key)).await? else {
         return Ok(None);
     };
     app.wait_for(position).await?;
@@ -152,13 +122,52 @@ pub async fn get(app: &App, task_id: &str) -> anyhow::Result<Option<Value>> {
 }
 
 /// Tasks matching `filter`, newest first.
-pub async fn list(
-    app: &App,
-    filter: &TaskFilter,
-    limit: i64,
-    offset: i64,
-) -> anyhow::Result<Vec<Value>> {
+pub async fn list(app: &App, filter: &TaskFilter, limit: i64, offset: i64) -> anyhow::Result<Vec<Value>> {
     projections::tasks::list_tasks(app.pool(), filter, limit, offset).await
+}
+
+/// What `POST /tasks/{id}/cancel` did.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    /// The task is now `cancelled` (a running attempt's worker stops its handler within about a second).
+    Cancelled {
+        task: Value,
+        position: i64,
+    },
+    NotFound,
+    /// The task had already completed, failed or been cancelled; nothing was written.
+    AlreadyFinished {
+        status: &'static str,
+    },
+}
+
+/// Cancels a queued or running task. The events carry the request's trace id and are correlated with the
+/// task's own trace id.
+pub async fn cancel(app: &App, task_id: &str, trace_id: &str) -> anyhow::Result<CancelOutcome> {
+    let actor = domain::event::Actor::system("task-cancel");
+    let mut state = crate::worker::load_state(app, task_id).await?;
+    let decided = crate::worker::append_decision(app, &mut state, Some(trace_id), |state| {
+        domain::task::run::decide_cancel(
+            state,
+            &domain::task::run::Cancel { now: now(), actor: &actor, reason: Some("cancelled through the API") },
+        )
+    })
+    .await?;
+    match decided {
+        Ok(appended) => {
+            let position = appended.last_position();
+            app.wait_for(position).await?;
+            let task = get(app, task_id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("task {task_id} is missing from its read model"))?;
+            Ok(CancelOutcome::Cancelled { task, position })
+        }
+        Err(domain::task::run::Refusal::Terminal(status)) => {
+            Ok(CancelOutcome::AlreadyFinished { status: status.as_str() })
+        }
+        Err(domain::task::run::Refusal::NotFound) => Ok(CancelOutcome::NotFound),
+        Err(refusal) => Err(anyhow::anyhow!("cancel refused unexpectedly: {refusal}")),
+    }
 }
 
 fn now() -> DateTime<Utc> {

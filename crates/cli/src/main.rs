@@ -5,6 +5,7 @@ mod bench;
 mod config;
 mod database;
 mod telemetry;
+mod worker_args;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{AppArgs, DatabaseArgs, HttpArgs, LogArgs};
 use crate::database::Database;
+use crate::worker_args::WorkerArgs;
 
 /// JCT: the control tower for AI-assisted development work.
 #[derive(Debug, Parser)]
@@ -28,7 +30,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run everything in one process (API, projectors); zero-config without DATABASE_URL.
+    /// Run everything in one process (API, projectors, a worker); zero-config without DATABASE_URL.
     Up {
         #[command(flatten)]
         database: DatabaseArgs,
@@ -36,6 +38,8 @@ enum Command {
         http: HttpArgs,
         #[command(flatten)]
         app: AppArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
     },
     /// Run the HTTP API and the projectors against DATABASE_URL (or the managed cluster).
     Serve {
@@ -45,6 +49,16 @@ enum Command {
         http: HttpArgs,
         #[command(flatten)]
         app: AppArgs,
+    },
+    /// Run a worker: claim queued tasks, run their handlers, append their events; any number against one
+    /// PostgreSQL.
+    Worker {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        app: AppArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
     },
     /// Apply the database migrations and exit.
     Migrate {
@@ -126,9 +140,9 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Up { database, http, app } | Command::Serve { database, http, app } => {
-            serve(&database, &http, &app).await?;
-        }
+        Command::Up { database, http, app, worker } => serve(&database, &http, &app, Some(&worker)).await?,
+        Command::Serve { database, http, app } => serve(&database, &http, &app, None).await?,
+        Command::Worker { database, app, worker } => run_worker(&database, &app, &worker).await?,
         Command::Migrate { database } => {
             let database = Database::open(&database).await?;
             tracing::info!("migrations applied");
@@ -175,8 +189,24 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn serve(database: &DatabaseArgs, http: &HttpArgs, app: &AppArgs) -> anyhow::Result<()> {
-    let database = Database::open(database).await?;
+async fn run_worker(database_args: &DatabaseArgs, app: &AppArgs, worker: &WorkerArgs) -> anyhow::Result<()> {
+    let config = worker.worker_config(&database_args.data_dir.join("traces"))?;
+    let database = Database::open(database_args).await?;
+    let app = app::App::start(database.pool.clone(), app.app_config()).await?;
+    let result = worker::run(app, config, shutdown_signal()).await;
+    database.close().await;
+    result
+}
+
+async fn serve(
+    database_args: &DatabaseArgs,
+    http: &HttpArgs,
+    app: &AppArgs,
+    worker: Option<&WorkerArgs>,
+) -> anyhow::Result<()> {
+    let worker_config =
+        worker.map(|worker| worker.worker_config(&database_args.data_dir.join("traces"))).transpose()?;
+    let database = Database::open(database_args).await?;
     let app = app::App::start(database.pool.clone(), app.app_config()).await?;
     let acceptor = api::bind(&http.bind.to_string()).await.with_context(|| format!("bind JCT_BIND {}", http.bind))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -192,6 +222,12 @@ async fn serve(database: &DatabaseArgs, http: &HttpArgs, app: &AppArgs) -> anyho
             },
         ))
     };
+    let worker = worker_config.map(|config| {
+        let mut stopped = stopped.clone();
+        tokio::spawn(worker::run(app.clone(), config, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }))
+    });
     let endpoint = api::endpoint(app.clone(), http.http_config());
     let mut stopped_http = stopped.clone();
     let server = api::serve(acceptor, endpoint, async move {
@@ -206,6 +242,13 @@ async fn serve(database: &DatabaseArgs, http: &HttpArgs, app: &AppArgs) -> anyho
         }
     }
     let _ = stop.send(true);
+    if let Some(worker) = worker {
+        match worker.await {
+            Ok(Err(error)) => tracing::error!("worker failed: {error:#}"),
+            Err(error) => tracing::error!("worker task failed: {error}"),
+            Ok(Ok(())) => {}
+        }
+    }
     let _ = projector.await;
     database.close().await;
     Ok(())
@@ -320,7 +363,8 @@ async fn replay(database: &Database, until: &str, schema: Option<String>) -> any
             .await?;
     println!("replayed {applied} events up to position {until} into schema {schema}");
     for (table,) in tables {
-        let rows: i64 = sqlx::query_scalar(&format!("select count(*) from {schema}.{table}")).fetch_one(&database.pool).await?;
+        let rows: i64 =
+            sqlx::query_scalar(&format!("select count(*) from {schema}.{table}")).fetch_one(&database.pool).await?;
         println!("  {schema}.{table}: {rows} rows");
     }
     println!("inspect with: set search_path to {schema}, public;");

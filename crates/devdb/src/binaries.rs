@@ -27,12 +27,7 @@ pub(crate) fn find_bindir(wanted_major: Option<u32>) -> anyhow::Result<PathBuf> 
     let versioned = versioned_dirs();
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(major) = wanted_major {
-        candidates.extend(
-            versioned
-                .iter()
-                .filter(|(v, _)| *v == major)
-                .map(|(_, d)| d.clone()),
-        );
+        candidates.extend(versioned.iter().filter(|(v, _)| *v == major).map(|(_, d)| d.clone()));
     }
     candidates.extend(pg_config_bindir());
     candidates.extend(versioned.into_iter().map(|(_, d)| d));
@@ -74,9 +69,7 @@ fn versioned_dirs() -> Vec<(u32, PathBuf)> {
             let name = entry.file_name();
             let version = name.to_str().and_then(|n| n.strip_prefix(prefix));
             // "15" or "9.6": the major version is what comes before any dot.
-            if let Some(Ok(major)) =
-                version.map(|v| v.split('.').next().unwrap_or(v).parse::<u32>())
-            {
+            if let Some(Ok(major)) = version.map(|v| v.split('.').next().unwrap_or(v).parse::<u32>()) {
                 found.push((major, entry.path().join(bin)));
             }
         }
@@ -103,12 +96,7 @@ mod tests {
 
     #[test]
     fn the_error_says_what_to_do() {
-        for hint in [
-            "apt-get install postgresql",
-            "brew install postgresql@15",
-            "DATABASE_URL",
-            "docker compose up",
-        ] {
+        for hint in ["apt-get install postgresql", "brew install postgresql@15", "DATABASE_URL", "docker compose up"] {
             assert!(NOT_INSTALLED.contains(hint), "{hint}");
         }
     }

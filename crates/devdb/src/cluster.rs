@@ -74,18 +74,12 @@ impl ManagedCluster {
         Self::start_with(data_root, Options::default()).await
     }
 
-    pub(crate) async fn start_with(
-        data_root: &Path,
-        options: Options,
-    ) -> anyhow::Result<ManagedCluster> {
+    pub(crate) async fn start_with(data_root: &Path, options: Options) -> anyhow::Result<ManagedCluster> {
         let started = Instant::now();
         // Look for PostgreSQL before creating anything.
         let data_root = std::path::absolute(data_root)?;
-        let bindir = binaries::find_bindir(binaries::data_dir_major(
-            &data_root.join("postgres").join("data"),
-        ))?;
-        std::fs::create_dir_all(&data_root)
-            .with_context(|| format!("creating {}", data_root.display()))?;
+        let bindir = binaries::find_bindir(binaries::data_dir_major(&data_root.join("postgres").join("data")))?;
+        std::fs::create_dir_all(&data_root).with_context(|| format!("creating {}", data_root.display()))?;
         let data_root = data_root.canonicalize()?;
         let root = data_root.join("postgres");
         std::fs::create_dir_all(&root)?;
@@ -105,11 +99,7 @@ impl ManagedCluster {
             watchdog: None,
         };
         if let Some(user) = &cluster.run_as {
-            let owned = if options.throwaway {
-                &cluster.data_root
-            } else {
-                &root
-            };
+            let owned = if options.throwaway { &cluster.data_root } else { &root };
             user.chown_tree(owned)?;
             user.chown_tree(&cluster.socket_dir)?;
             make_ancestors_traversable(&cluster.data_dir)?;
@@ -123,8 +113,7 @@ impl ManagedCluster {
         if !cluster.reuse_running_server().await? {
             cluster.start_server().await?;
         }
-        cluster.watchdog =
-            Some(Watchdog::spawn(&cluster).context("starting the watchdog process")?);
+        cluster.watchdog = Some(Watchdog::spawn(&cluster).context("starting the watchdog process")?);
         cluster.ensure_database(DEFAULT_DATABASE).await?;
         tracing::info!(
             data_dir = %cluster.data_dir.display(),
@@ -150,11 +139,10 @@ impl ManagedCluster {
     pub async fn ensure_database(&self, database: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut conn = connect_socket(&self.socket_dir, PORT, "postgres", deadline, true).await?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(database)
-                .fetch_one(&mut conn)
-                .await?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut conn)
+            .await?;
         if !exists {
             create_database(&mut conn, database).await?;
         }
@@ -216,16 +204,10 @@ impl ManagedCluster {
         let text = std::fs::read_to_string(&main_conf).context("reading postgresql.conf")?;
         if !text.lines().any(|l| l.trim() == include) {
             let separator = if text.ends_with('\n') { "" } else { "\n" };
-            std::fs::write(
-                &main_conf,
-                format!("{text}{separator}\n# Added by jct-devdb.\n{include}\n"),
-            )?;
+            std::fs::write(&main_conf, format!("{text}{separator}\n# Added by jct-devdb.\n{include}\n"))?;
         }
 
-        let socket_dir = self
-            .socket_dir
-            .to_str()
-            .context("the socket directory's path is not UTF-8")?;
+        let socket_dir = self.socket_dir.to_str().context("the socket directory's path is not UTF-8")?;
         let mut conf = format!(
             "# Written by jct-devdb at every start: edit postgresql.conf instead.\n\
              listen_addresses = ''\n\
@@ -258,12 +240,8 @@ impl ManagedCluster {
         };
         match answer {
             Some(dir) if same_path(&dir, &self.data_dir) => {
-                if pid_file.socket_dir.as_deref() == Some(&self.socket_dir) && pid_file.port == PORT
-                {
-                    tracing::info!(
-                        pid = pid_file.pid,
-                        "reusing the PostgreSQL server left running by an earlier run"
-                    );
+                if pid_file.socket_dir.as_deref() == Some(&self.socket_dir) && pid_file.port == PORT {
+                    tracing::info!(pid = pid_file.pid, "reusing the PostgreSQL server left running by an earlier run");
                     self.running = true;
                     return Ok(true);
                 }
@@ -271,19 +249,11 @@ impl ManagedCluster {
                 self.pg_ctl_stop("fast").await?;
             }
             Some(_) => {
-                tracing::warn!(
-                    "removing a stale postmaster.pid (its socket now belongs to another server)"
-                );
+                tracing::warn!("removing a stale postmaster.pid (its socket now belongs to another server)");
                 remove_if_exists(&self.data_dir.join("postmaster.pid"))?;
             }
-            None if pid_file
-                .pid
-                .is_some_and(|pid| process_serves(pid, &self.data_dir)) =>
-            {
-                tracing::warn!(
-                    pid = pid_file.pid,
-                    "the PostgreSQL server left running does not answer: stopping it"
-                );
+            None if pid_file.pid.is_some_and(|pid| process_serves(pid, &self.data_dir)) => {
+                tracing::warn!(pid = pid_file.pid, "the PostgreSQL server left running does not answer: stopping it");
                 self.pg_ctl_stop("immediate").await?;
             }
             None => {
@@ -300,18 +270,10 @@ impl ManagedCluster {
 
     async fn start_server(&mut self) -> anyhow::Result<()> {
         let mut cmd = self.command("pg_ctl");
-        cmd.arg("start")
-            .arg("-D")
-            .arg(&self.data_dir)
-            .arg("-l")
-            .arg(&self.log_file);
+        cmd.arg("start").arg("-D").arg(&self.data_dir).arg("-l").arg(&self.log_file);
         cmd.args(["-w", "-t", PG_CTL_TIMEOUT, "-s"]);
         if let Err(e) = run(cmd, "pg_ctl start").await {
-            bail!(
-                "{e:#}\nThe end of {}:\n{}",
-                self.log_file.display(),
-                log_tail(&self.log_file, 20)
-            );
+            bail!("{e:#}\nThe end of {}:\n{}", self.log_file.display(), log_tail(&self.log_file, 20));
         }
         self.running = true;
         Ok(())
@@ -323,23 +285,14 @@ impl ManagedCluster {
 
     fn stop_command(&self, mode: &str) -> Command {
         let mut cmd = self.command("pg_ctl");
-        cmd.arg("stop").arg("-D").arg(&self.data_dir).args([
-            "-m",
-            mode,
-            "-w",
-            "-t",
-            PG_CTL_TIMEOUT,
-            "-s",
-        ]);
+        cmd.arg("stop").arg("-D").arg(&self.data_dir).args(["-m", mode, "-w", "-t", PG_CTL_TIMEOUT, "-s"]);
         cmd
     }
 
     /// One of the PostgreSQL programs, run as the cluster's OS user from the cluster's directory.
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bindir.join(program));
-        cmd.current_dir(self.data_dir.parent().unwrap_or(&self.data_root))
-            .env_remove("PGDATA")
-            .stdin(Stdio::null());
+        cmd.current_dir(self.data_dir.parent().unwrap_or(&self.data_root)).env_remove("PGDATA").stdin(Stdio::null());
         if let Some(user) = &self.run_as {
             user.apply(&mut cmd);
         }
@@ -354,10 +307,7 @@ impl Drop for ManagedCluster {
         if self.running {
             match self.stop_command("fast").output() {
                 Ok(out) if out.status.success() => {}
-                Ok(out) => tracing::warn!(
-                    "pg_ctl stop: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
+                Ok(out) => tracing::warn!("pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr).trim()),
                 Err(e) => tracing::warn!("pg_ctl stop: {e}"),
             }
         }
@@ -397,17 +347,11 @@ impl Watchdog {
         } else {
             cmd.arg("fast");
         }
-        cmd.current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
+        cmd.current_dir("/").stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
         if let Some(user) = &cluster.run_as {
             user.apply(&mut cmd);
         }
-        Ok(Watchdog {
-            child: cmd.spawn()?,
-        })
+        Ok(Watchdog { child: cmd.spawn()? })
     }
 
     /// Closes the pipe and waits for the watchdog to do its job.
@@ -450,13 +394,8 @@ fn process_serves(pid: i32, data_dir: &Path) -> bool {
 /// it is still starting up, as after a crash).
 async fn data_directory_at(dir: &Path, port: u16) -> Option<PathBuf> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut conn = connect_socket(dir, port, "postgres", deadline, false)
-        .await
-        .ok()?;
-    let data_dir: String = sqlx::query_scalar("SHOW data_directory")
-        .fetch_one(&mut conn)
-        .await
-        .ok()?;
+    let mut conn = connect_socket(dir, port, "postgres", deadline, false).await.ok()?;
+    let data_dir: String = sqlx::query_scalar("SHOW data_directory").fetch_one(&mut conn).await.ok()?;
     let _ = conn.close().await;
     Some(PathBuf::from(data_dir))
 }
@@ -470,25 +409,17 @@ async fn connect_socket(
     deadline: Instant,
     retry_all: bool,
 ) -> anyhow::Result<PgConnection> {
-    let options = PgConnectOptions::new()
-        .socket(dir)
-        .port(port)
-        .username(SUPERUSER)
-        .database(database);
+    let options = PgConnectOptions::new().socket(dir).port(port).username(SUPERUSER).database(database);
     loop {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
         let error = match tokio::time::timeout(left, PgConnection::connect_with(&options)).await {
             Ok(Ok(conn)) => return Ok(conn),
             Ok(Err(e)) => e,
             Err(_) => bail!("connecting to PostgreSQL on {}: timed out", dir.display()),
         };
-        let starting_up =
-            matches!(&error, sqlx::Error::Database(e) if e.code().as_deref() == Some("57P03"));
+        let starting_up = matches!(&error, sqlx::Error::Database(e) if e.code().as_deref() == Some("57P03"));
         if !(starting_up || retry_all) || Instant::now() >= deadline {
-            return Err(error)
-                .with_context(|| format!("connecting to PostgreSQL on {}", dir.display()));
+            return Err(error).with_context(|| format!("connecting to PostgreSQL on {}", dir.display()));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -496,14 +427,9 @@ async fn connect_socket(
 
 /// `CREATE DATABASE`, treating "already exists" (a concurrent creator won) as success.
 pub(crate) async fn create_database(conn: &mut PgConnection, name: &str) -> anyhow::Result<()> {
-    match conn
-        .execute(format!("CREATE DATABASE {}", quote_ident(name)).as_str())
-        .await
-    {
+    match conn.execute(format!("CREATE DATABASE {}", quote_ident(name)).as_str()).await {
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
-        other => other
-            .map(drop)
-            .with_context(|| format!("creating database {name}")),
+        other => other.map(drop).with_context(|| format!("creating database {name}")),
     }
 }
 
@@ -524,9 +450,7 @@ fn socket_dir_for(root: &Path) -> PathBuf {
         .as_os_str()
         .as_bytes()
         .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3));
     PathBuf::from(format!("/tmp/jct-pg-{hash:016x}"))
 }
 
@@ -556,19 +480,11 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
 
 /// Runs `cmd` to completion, failing with its stderr if it fails.
 async fn run(cmd: Command, what: &str) -> anyhow::Result<Output> {
-    let out = tokio::process::Command::from(cmd)
-        .output()
-        .await
-        .with_context(|| format!("running {what}"))?;
+    let out = tokio::process::Command::from(cmd).output().await.with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        bail!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            stderr.trim(),
-            stdout.trim()
-        );
+        bail!("{what} failed ({}): {}{}", out.status, stderr.trim(), stdout.trim());
     }
     Ok(out)
 }
@@ -594,16 +510,8 @@ mod tests {
         assert_eq!(short, Path::new("/work/var/postgres/run"));
         let long_root = PathBuf::from(format!("/{}/postgres", "x".repeat(120)));
         let dir = socket_dir_for(&long_root);
-        assert!(
-            dir.to_str().unwrap().starts_with("/tmp/jct-pg-"),
-            "{}",
-            dir.display()
-        );
-        assert_eq!(
-            dir,
-            socket_dir_for(&long_root),
-            "the same root always gets the same directory"
-        );
+        assert!(dir.to_str().unwrap().starts_with("/tmp/jct-pg-"), "{}", dir.display());
+        assert_eq!(dir, socket_dir_for(&long_root), "the same root always gets the same directory");
     }
 
     #[test]

@@ -30,14 +30,7 @@ impl RunAs {
             }
         }
         let status = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--user-group",
-                "--shell",
-                "/usr/sbin/nologin",
-                "jct",
-            ])
+            .args(["--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", "jct"])
             .status()
             .context("running useradd to create a `jct` user for PostgreSQL")?;
         match lookup("jct")? {
@@ -74,11 +67,7 @@ impl RunAs {
 
 fn lookup(name: &str) -> anyhow::Result<Option<RunAs>> {
     let user = User::from_name(name).with_context(|| format!("looking up OS user {name}"))?;
-    Ok(user.filter(|u| !u.uid.is_root()).map(|u| RunAs {
-        name: u.name,
-        uid: u.uid.as_raw(),
-        gid: u.gid.as_raw(),
-    }))
+    Ok(user.filter(|u| !u.uid.is_root()).map(|u| RunAs { name: u.name, uid: u.uid.as_raw(), gid: u.gid.as_raw() }))
 }
 
 /// Lets every user traverse (not list) each directory above `path`, so the server's user can reach its

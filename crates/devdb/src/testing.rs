@@ -58,24 +58,15 @@ impl TestServer {
             tracing::warn!("dropping stale test databases: {e:#}");
         }
         conn.close().await?;
-        Ok(TestServer {
-            admin_url: admin_url.to_owned(),
-            cluster: None,
-        })
+        Ok(TestServer { admin_url: admin_url.to_owned(), cluster: None })
     }
 
     /// Starts a throwaway cluster in a new temporary directory, tuned for speed over durability.
     pub async fn throwaway() -> anyhow::Result<TestServer> {
-        let dir = std::env::temp_dir().join(format!(
-            "jct-test-pg-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("jct-test-pg-{}-{:08x}", std::process::id(), rand::random::<u32>()));
         match ManagedCluster::start_with(&dir, Options { throwaway: true }).await {
-            Ok(cluster) => Ok(TestServer {
-                admin_url: cluster.url("postgres"),
-                cluster: Some(cluster),
-            }),
+            Ok(cluster) => Ok(TestServer { admin_url: cluster.url("postgres"), cluster: Some(cluster) }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e)
@@ -97,9 +88,7 @@ impl TestServer {
     /// of tests, threads and processes at once.
     pub async fn fresh_database(&self) -> anyhow::Result<String> {
         let name = format!("{PREFIX}{}_{:016x}", unix_now(), rand::random::<u64>());
-        let mut conn = PgConnection::connect(&self.admin_url)
-            .await
-            .context("connecting to the test server")?;
+        let mut conn = PgConnection::connect(&self.admin_url).await.context("connecting to the test server")?;
         create_database(&mut conn, &name).await?;
         let _ = conn.close().await;
         database_url(&self.admin_url, &name)
@@ -112,9 +101,7 @@ impl TestServer {
         if !name.starts_with(PREFIX) {
             bail!("refusing to drop {name}: not a database made by fresh_database");
         }
-        let mut conn = PgConnection::connect(&self.admin_url)
-            .await
-            .context("connecting to the test server")?;
+        let mut conn = PgConnection::connect(&self.admin_url).await.context("connecting to the test server")?;
         drop_database(&mut conn, &name).await?;
         let _ = conn.close().await;
         Ok(())
@@ -131,11 +118,8 @@ impl TestServer {
 fn database_url(admin_url: &str, name: &str) -> anyhow::Result<String> {
     let mut url = Url::parse(admin_url).context("parsing the admin URL")?;
     url.set_path(&format!("/{name}"));
-    let query: Vec<(String, String)> = url
-        .query_pairs()
-        .filter(|(k, _)| k != "dbname")
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let query: Vec<(String, String)> =
+        url.query_pairs().filter(|(k, _)| k != "dbname").map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     url.set_query(None);
     if !query.is_empty() {
         url.query_pairs_mut().extend_pairs(query);
@@ -146,10 +130,7 @@ fn database_url(admin_url: &str, name: &str) -> anyhow::Result<String> {
 /// The database a URL names (its path, or a `dbname` parameter).
 fn database_name(database_url: &str) -> anyhow::Result<String> {
     let url = Url::parse(database_url).context("parsing a database URL")?;
-    let from_query = url
-        .query_pairs()
-        .find(|(k, _)| k == "dbname")
-        .map(|(_, v)| v.into_owned());
+    let from_query = url.query_pairs().find(|(k, _)| k == "dbname").map(|(_, v)| v.into_owned());
     match from_query.unwrap_or_else(|| url.path().trim_start_matches('/').to_owned()) {
         name if name.is_empty() => bail!("{database_url} names no database"),
         name => Ok(name),
@@ -165,17 +146,13 @@ async fn drop_database(conn: &mut PgConnection, name: &str) -> anyhow::Result<()
 
 /// Drops the test databases that are old enough that no test can still be using them.
 async fn drop_stale_databases(conn: &mut PgConnection) -> anyhow::Result<()> {
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
-            .bind(PREFIX)
-            .fetch_all(&mut *conn)
-            .await?;
+    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+        .bind(PREFIX)
+        .fetch_all(&mut *conn)
+        .await?;
     let now = unix_now();
     for name in names {
-        let created = name[PREFIX.len()..]
-            .split('_')
-            .next()
-            .and_then(|s| s.parse::<u64>().ok());
+        let created = name[PREFIX.len()..].split('_').next().and_then(|s| s.parse::<u64>().ok());
         if created.is_some_and(|t| t + STALE_AFTER_SECS < now) {
             tracing::info!(database = %name, "dropping a stale test database");
             drop_database(conn, &name).await?;
@@ -185,9 +162,7 @@ async fn drop_stale_databases(conn: &mut PgConnection) -> anyhow::Result<()> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -196,17 +171,9 @@ mod tests {
 
     #[test]
     fn database_urls_swap_the_database() {
-        let url = database_url(
-            "postgres://postgres@127.0.0.1:5432/postgres",
-            "jct_test_1_2",
-        )
-        .unwrap();
+        let url = database_url("postgres://postgres@127.0.0.1:5432/postgres", "jct_test_1_2").unwrap();
         assert_eq!(url, "postgres://postgres@127.0.0.1:5432/jct_test_1_2");
-        let url = database_url(
-            "postgres://postgres@localhost:5432/postgres?host=/tmp/x&dbname=postgres",
-            "d",
-        )
-        .unwrap();
+        let url = database_url("postgres://postgres@localhost:5432/postgres?host=/tmp/x&dbname=postgres", "d").unwrap();
         assert_eq!(database_name(&url).unwrap(), "d");
         assert!(url.contains("host=%2Ftmp%2Fx"), "{url}");
     }

@@ -28,31 +28,19 @@ async fn cluster_starts_keeps_its_data_across_restarts_and_stops() {
     let url = cluster.url(DEFAULT_DATABASE);
     assert_eq!(select_one(&url).await.unwrap(), 1);
     let mut conn = PgConnection::connect(&url).await.unwrap();
-    sqlx::query("CREATE TABLE kept (x int)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::query("CREATE TABLE kept (x int)").execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
     assert!(cluster.log_file().is_file());
     cluster.stop().await;
-    assert!(
-        select_one(&url).await.is_err(),
-        "the server is down after stop"
-    );
+    assert!(select_one(&url).await.is_err(), "the server is down after stop");
 
     let cluster = ManagedCluster::start(root.path()).await.unwrap();
     assert_eq!(cluster.url(DEFAULT_DATABASE), url);
     let mut conn = PgConnection::connect(&url).await.unwrap();
-    sqlx::query("SELECT x FROM kept")
-        .fetch_all(&mut conn)
-        .await
-        .expect("the data directory was reused");
+    sqlx::query("SELECT x FROM kept").fetch_all(&mut conn).await.expect("the data directory was reused");
     conn.close().await.unwrap();
     drop(cluster);
-    assert!(
-        select_one(&url).await.is_err(),
-        "the server is down after drop"
-    );
+    assert!(select_one(&url).await.is_err(), "the server is down after drop");
 }
 
 #[tokio::test]
@@ -68,30 +56,17 @@ async fn cluster_adopts_a_server_left_running_and_ignores_a_stale_pid_file() {
     std::mem::forget(first);
 
     let second = ManagedCluster::start(root.path()).await.unwrap();
-    assert_eq!(
-        postmaster_pid(&second),
-        pid,
-        "the running server was adopted, not restarted"
-    );
+    assert_eq!(postmaster_pid(&second), pid, "the running server was adopted, not restarted");
     assert_eq!(select_one(&second.url(DEFAULT_DATABASE)).await.unwrap(), 1);
     second.stop().await;
 
     // A reboot: postmaster.pid and the socket lock name a pid that now belongs to another live
     // process of the server's user. PostgreSQL alone would refuse to start.
     let owner = std::fs::metadata(&data_dir).unwrap();
-    let mut impostor = std::process::Command::new("sleep")
-        .arg("60")
-        .uid(owner.uid())
-        .gid(owner.gid())
-        .spawn()
-        .unwrap();
+    let mut impostor = std::process::Command::new("sleep").arg("60").uid(owner.uid()).gid(owner.gid()).spawn().unwrap();
     let fake = pid_file.replacen(&pid, &impostor.id().to_string(), 1);
     std::fs::write(data_dir.join("postmaster.pid"), &fake).unwrap();
-    std::fs::write(
-        socket_dir.join(".s.PGSQL.5432.lock"),
-        format!("{}\n", impostor.id()),
-    )
-    .unwrap();
+    std::fs::write(socket_dir.join(".s.PGSQL.5432.lock"), format!("{}\n", impostor.id())).unwrap();
 
     let third = ManagedCluster::start(root.path()).await;
     impostor.kill().unwrap();
@@ -117,10 +92,7 @@ async fn check_fresh_databases(server: &TestServer, count: usize) {
     while let Some(url) = tasks.join_next().await {
         let url = url.unwrap();
         let mut conn = PgConnection::connect(&url).await.unwrap();
-        let name: String = sqlx::query_scalar("SELECT current_database()")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+        let name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&mut conn).await.unwrap();
         conn.close().await.unwrap();
         assert!(name.starts_with("jct_test_"), "{name}");
         names.push(name);
@@ -134,20 +106,14 @@ async fn check_fresh_databases(server: &TestServer, count: usize) {
         server.drop_database(url).await.unwrap();
         assert!(select_one(url).await.is_err(), "{url} was dropped");
     }
-    assert!(
-        server.drop_database(server.admin_url()).await.is_err(),
-        "only test databases can be dropped"
-    );
+    assert!(server.drop_database(server.admin_url()).await.is_err(), "only test databases can be dropped");
 }
 
 #[tokio::test]
 async fn fresh_databases_from_the_process_wide_server() {
     // DATABASE_URL's server if set, else a throwaway cluster.
     let server = test_server().await.unwrap();
-    assert_eq!(
-        server.cluster().is_some(),
-        std::env::var("DATABASE_URL").is_err()
-    );
+    assert_eq!(server.cluster().is_some(), std::env::var("DATABASE_URL").is_err());
     let url = server.fresh_database().await.unwrap();
     assert_eq!(select_one(&url).await.unwrap(), 1);
     server.drop_database(&url).await.unwrap();
@@ -194,23 +160,13 @@ async fn child_starts_a_throwaway_server() {
 #[tokio::test]
 async fn throwaway_server_is_removed_when_the_process_exits() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_starts_a_throwaway_server",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["child_starts_a_throwaway_server", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env_remove("DATABASE_URL")
         .env(CHILD_ENV, "1")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let dir = stdout
         .lines()
         .find_map(|l| l.split_once("CLUSTER_DIR=").map(|(_, dir)| dir.trim()))
@@ -222,10 +178,7 @@ async fn throwaway_server_is_removed_when_the_process_exits() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!dir.exists(), "{} was removed", dir.display());
-    assert!(
-        processes_working_in(&dir).is_empty(),
-        "no server is left running"
-    );
+    assert!(processes_working_in(&dir).is_empty(), "no server is left running");
 }
 
 /// Processes whose working directory is in `dir` (a postmaster works in its data directory); Linux only.
@@ -235,12 +188,7 @@ fn processes_working_in(dir: &Path) -> Vec<String> {
     };
     entries
         .flatten()
-        .filter_map(|e| {
-            Some((
-                e.file_name().into_string().ok()?,
-                std::fs::read_link(e.path().join("cwd")).ok()?,
-            ))
-        })
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, std::fs::read_link(e.path().join("cwd")).ok()?)))
         .filter(|(_, cwd)| cwd.starts_with(dir))
         .map(|(pid, _)| pid)
         .collect()

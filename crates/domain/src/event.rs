@@ -45,9 +45,7 @@ impl EntityKind {
     }
 
     pub fn parse(text: &str) -> Option<EntityKind> {
-        EntityKind::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
+        EntityKind::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 }
 
@@ -70,14 +68,8 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 6] = [
-        Action::Created,
-        Action::Updated,
-        Action::StatusChanged,
-        Action::Linked,
-        Action::Unlinked,
-        Action::Deleted,
-    ];
+    pub const ALL: [Action; 6] =
+        [Action::Created, Action::Updated, Action::StatusChanged, Action::Linked, Action::Unlinked, Action::Deleted];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,9 +83,7 @@ impl Action {
     }
 
     pub fn parse(text: &str) -> Option<Action> {
-        Action::ALL
-            .into_iter()
-            .find(|action| action.as_str() == text)
+        Action::ALL.into_iter().find(|action| action.as_str() == text)
     }
 }
 
@@ -118,9 +108,7 @@ impl ActorKind {
     }
 
     pub fn parse(text: &str) -> Option<ActorKind> {
-        ActorKind::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
+        ActorKind::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 }
 
@@ -133,10 +121,7 @@ pub struct Actor {
 
 impl Actor {
     pub fn system(id: &str) -> Actor {
-        Actor {
-            kind: ActorKind::System,
-            id: id.to_owned(),
-        }
+        Actor { kind: ActorKind::System, id: id.to_owned() }
     }
 }
 
@@ -149,10 +134,7 @@ pub struct StreamId {
 
 impl StreamId {
     pub fn new(kind: EntityKind, id: impl Into<String>) -> StreamId {
-        StreamId {
-            kind,
-            id: id.into(),
-        }
+        StreamId { kind, id: id.into() }
     }
 }
 
@@ -189,11 +171,7 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn new(data: EventData, actor: Actor) -> NewEvent {
-        NewEvent {
-            data,
-            actor,
-            unique_keys: Vec::new(),
-        }
+        NewEvent { data, actor, unique_keys: Vec::new() }
     }
 
     pub fn claiming(mut self, key: String) -> NewEvent {

@@ -64,34 +64,19 @@ pub struct ValidationError {
 
 impl ValidationError {
     /// A new error at `loc`.
-    pub fn new(
-        loc: Vec<LocPart>,
-        kind: impl Into<String>,
-        msg: impl Into<String>,
-    ) -> ValidationError {
-        ValidationError {
-            loc,
-            msg: msg.into(),
-            kind: kind.into(),
-        }
+    pub fn new(loc: Vec<LocPart>, kind: impl Into<String>, msg: impl Into<String>) -> ValidationError {
+        ValidationError { loc, msg: msg.into(), kind: kind.into() }
     }
 
     /// The error for a string (or object key) containing U+0000 at `loc`.
     pub fn nul_char(loc: Vec<LocPart>) -> ValidationError {
-        ValidationError::new(
-            loc,
-            "value_error",
-            "Value error, the NUL character (U+0000) is not allowed",
-        )
+        ValidationError::new(loc, "value_error", "Value error, the NUL character (U+0000) is not allowed")
     }
 
     /// `{"loc":[...],"msg":...,"type":...}`.
     pub fn to_json(&self) -> Value {
         let mut object = Map::new();
-        object.insert(
-            "loc".to_owned(),
-            Value::Array(self.loc.iter().map(LocPart::to_json).collect()),
-        );
+        object.insert("loc".to_owned(), Value::Array(self.loc.iter().map(LocPart::to_json).collect()));
         object.insert("msg".to_owned(), Value::String(self.msg.clone()));
         object.insert("type".to_owned(), Value::String(self.kind.clone()));
         Value::Object(object)
@@ -110,10 +95,7 @@ impl std::error::Error for ValidationError {}
 /// The whole 422 body: `{"detail": [error, ...]}`.
 pub fn detail_json(errors: &[ValidationError]) -> Value {
     let mut object = Map::new();
-    object.insert(
-        "detail".to_owned(),
-        Value::Array(errors.iter().map(ValidationError::to_json).collect()),
-    );
+    object.insert("detail".to_owned(), Value::Array(errors.iter().map(ValidationError::to_json).collect()));
     Value::Object(object)
 }
 
@@ -183,11 +165,7 @@ impl Checker {
     }
 
     /// A nested model: the value must be a JSON object.
-    pub(crate) fn model<'v>(
-        &mut self,
-        value: &'v Value,
-        loc: &[LocPart],
-    ) -> Option<&'v Map<String, Value>> {
+    pub(crate) fn model<'v>(&mut self, value: &'v Value, loc: &[LocPart]) -> Option<&'v Map<String, Value>> {
         match value {
             Value::Object(object) => Some(object),
             _ => {
@@ -206,30 +184,16 @@ impl Checker {
         match value {
             Value::Object(object) => Some(object.clone()),
             _ => {
-                self.push(
-                    loc.to_vec(),
-                    "dict_type",
-                    "Input should be a valid dictionary",
-                );
+                self.push(loc.to_vec(), "dict_type", "Input should be a valid dictionary");
                 None
             }
         }
     }
 
     /// A string whose length in characters is within `min..=max` (no coercion from other types).
-    pub(crate) fn string(
-        &mut self,
-        value: &Value,
-        loc: &[LocPart],
-        min: usize,
-        max: usize,
-    ) -> Option<String> {
+    pub(crate) fn string(&mut self, value: &Value, loc: &[LocPart], min: usize, max: usize) -> Option<String> {
         let Value::String(text) = value else {
-            self.push(
-                loc.to_vec(),
-                "string_type",
-                "Input should be a valid string",
-            );
+            self.push(loc.to_vec(), "string_type", "Input should be a valid string");
             return None;
         };
         self.length(text, loc, min, max).then(|| text.clone())
@@ -258,30 +222,18 @@ impl Checker {
     }
 
     /// One of the `allowed` strings (a `Literal[...]`).
-    pub(crate) fn literal<'a>(
-        &mut self,
-        value: &Value,
-        loc: &[LocPart],
-        allowed: &[&'a str],
-    ) -> Option<&'a str> {
+    pub(crate) fn literal<'a>(&mut self, value: &Value, loc: &[LocPart], allowed: &[&'a str]) -> Option<&'a str> {
         if let Value::String(text) = value {
             if let Some(found) = allowed.iter().find(|candidate| **candidate == text) {
                 return Some(found);
             }
         }
-        let quoted: Vec<String> = allowed
-            .iter()
-            .map(|candidate| format!("'{candidate}'"))
-            .collect();
+        let quoted: Vec<String> = allowed.iter().map(|candidate| format!("'{candidate}'")).collect();
         let expected = match quoted.split_last() {
             Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
             _ => quoted.join(""),
         };
-        self.push(
-            loc.to_vec(),
-            "literal_error",
-            format!("Input should be {expected}"),
-        );
+        self.push(loc.to_vec(), "literal_error", format!("Input should be {expected}"));
         None
     }
 
@@ -326,18 +278,10 @@ impl Checker {
             }
         };
         if number < i128::from(ge) {
-            self.push(
-                loc.to_vec(),
-                "greater_than_equal",
-                format!("Input should be greater than or equal to {ge}"),
-            );
+            self.push(loc.to_vec(), "greater_than_equal", format!("Input should be greater than or equal to {ge}"));
             None
         } else if number > i128::from(le) {
-            self.push(
-                loc.to_vec(),
-                "less_than_equal",
-                format!("Input should be less than or equal to {le}"),
-            );
+            self.push(loc.to_vec(), "less_than_equal", format!("Input should be less than or equal to {le}"));
             None
         } else {
             i64::try_from(number).ok()
@@ -364,11 +308,7 @@ impl Checker {
             }
         };
         if parsed.is_none() {
-            self.push(
-                loc.to_vec(),
-                "bool_parsing",
-                "Input should be a valid boolean, unable to interpret input",
-            );
+            self.push(loc.to_vec(), "bool_parsing", "Input should be a valid boolean, unable to interpret input");
         }
         parsed
     }
@@ -409,9 +349,7 @@ fn parse_int_string(text: &str) -> Option<i128> {
         _ => (false, trimmed),
     };
     let digits = match unsigned.split_once('.') {
-        Some((whole, zeros)) if !zeros.is_empty() && zeros.bytes().all(|byte| byte == b'0') => {
-            whole
-        }
+        Some((whole, zeros)) if !zeros.is_empty() && zeros.bytes().all(|byte| byte == b'0') => whole,
         Some(_) => return None,
         None => unsigned,
     };
@@ -435,11 +373,7 @@ mod tests {
     #[test]
     fn renders_fastapi_shape() {
         let error = ValidationError::new(
-            vec![
-                field("body"),
-                field("acceptance_criteria"),
-                LocPart::Index(2),
-            ],
+            vec![field("body"), field("acceptance_criteria"), LocPart::Index(2)],
             "string_type",
             "Input should be a valid string",
         );
@@ -451,10 +385,7 @@ mod tests {
             detail_json(std::slice::from_ref(&error)),
             json!({"detail": [{"loc": ["body", "acceptance_criteria", 2], "msg": "Input should be a valid string", "type": "string_type"}]})
         );
-        assert_eq!(
-            error.to_string(),
-            "body.acceptance_criteria.2: Input should be a valid string (string_type)"
-        );
+        assert_eq!(error.to_string(), "body.acceptance_criteria.2: Input should be a valid string (string_type)");
     }
 
     #[test]
@@ -463,15 +394,9 @@ mod tests {
             find_nul_char(&json!({"a": [1, "ok", {"b": "x\u{0}y"}]})),
             Some(vec![field("a"), LocPart::Index(2), field("b")])
         );
-        assert_eq!(
-            find_nul_char(&json!({"a": {"k\u{0}": 1}})),
-            Some(vec![field("a"), field("k\u{0}")])
-        );
+        assert_eq!(find_nul_char(&json!({"a": {"k\u{0}": 1}})), Some(vec![field("a"), field("k\u{0}")]));
         assert_eq!(find_nul_char(&json!("\u{0}")), Some(vec![]));
-        assert_eq!(
-            find_nul_char(&json!({"a": ["clean", null, true, 1.5], "b": {"c": "d"}})),
-            None
-        );
+        assert_eq!(find_nul_char(&json!({"a": ["clean", null, true, 1.5], "b": {"c": "d"}})), None);
     }
 
     #[test]
@@ -489,21 +414,9 @@ mod tests {
         assert_eq!(checker.int(&json!("60.5"), &loc, 30, 100), None);
         assert_eq!(checker.int(&json!(null), &loc, 30, 100), None);
         assert_eq!(checker.int(&json!(29), &loc, 30, 100), None);
-        assert_eq!(
-            checker.int(
-                &json!("99999999999999999999999999999999999999999"),
-                &loc,
-                30,
-                100
-            ),
-            None
-        );
+        assert_eq!(checker.int(&json!("99999999999999999999999999999999999999999"), &loc, 30, 100), None);
         assert_eq!(checker.int(&json!(1e300), &loc, 30, 100), None);
-        let kinds: Vec<&str> = checker
-            .errors
-            .iter()
-            .map(|error| error.kind.as_str())
-            .collect();
+        let kinds: Vec<&str> = checker.errors.iter().map(|error| error.kind.as_str()).collect();
         assert_eq!(
             kinds,
             [
@@ -516,14 +429,8 @@ mod tests {
                 "less_than_equal"
             ]
         );
-        assert_eq!(
-            checker.errors[4].msg,
-            "Input should be greater than or equal to 30"
-        );
-        assert_eq!(
-            checker.errors[5].msg,
-            "Input should be less than or equal to 100"
-        );
+        assert_eq!(checker.errors[4].msg, "Input should be greater than or equal to 30");
+        assert_eq!(checker.errors[5].msg, "Input should be less than or equal to 100");
     }
 
     #[test]
@@ -534,38 +441,23 @@ mod tests {
         assert_eq!(checker.bool(&json!(0), &loc), Some(false));
         assert_eq!(checker.bool(&json!("maybe"), &loc), None);
         assert_eq!(checker.bool(&json!(null), &loc), None);
-        assert_eq!(
-            checker.literal(&json!("b"), &loc, &["a", "b", "c"]),
-            Some("b")
-        );
+        assert_eq!(checker.literal(&json!("b"), &loc, &["a", "b", "c"]), Some("b"));
         assert_eq!(checker.literal(&json!("z"), &loc, &["a", "b", "c"]), None);
         assert_eq!(checker.literal(&json!(1.0), &loc, &["1.0"]), None);
         assert_eq!(checker.string(&json!(""), &loc, 1, 5), None);
         assert_eq!(checker.string(&json!("abcdef"), &loc, 1, 5), None);
         assert_eq!(checker.string(&json!(5), &loc, 1, 5), None);
-        assert_eq!(
-            checker.string(&json!("ééé"), &loc, 1, 3),
-            Some("ééé".to_owned())
-        );
-        let rendered: Vec<(&str, &str)> = checker
-            .errors
-            .iter()
-            .map(|error| (error.kind.as_str(), error.msg.as_str()))
-            .collect();
+        assert_eq!(checker.string(&json!("ééé"), &loc, 1, 3), Some("ééé".to_owned()));
+        let rendered: Vec<(&str, &str)> =
+            checker.errors.iter().map(|error| (error.kind.as_str(), error.msg.as_str())).collect();
         assert_eq!(
             rendered,
             [
-                (
-                    "bool_parsing",
-                    "Input should be a valid boolean, unable to interpret input"
-                ),
+                ("bool_parsing", "Input should be a valid boolean, unable to interpret input"),
                 ("bool_type", "Input should be a valid boolean"),
                 ("literal_error", "Input should be 'a', 'b' or 'c'"),
                 ("literal_error", "Input should be '1.0'"),
-                (
-                    "string_too_short",
-                    "String should have at least 1 character"
-                ),
+                ("string_too_short", "String should have at least 1 character"),
                 ("string_too_long", "String should have at most 5 characters"),
                 ("string_type", "Input should be a valid string"),
             ]

@@ -12,6 +12,7 @@
 //! a rebuild from the log equals the incrementally maintained model row for row.
 
 pub mod asof;
+pub mod cwom;
 pub mod queue;
 pub mod rebuild;
 pub mod runner;

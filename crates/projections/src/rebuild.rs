@@ -38,9 +38,7 @@ fn shadow_schema(projection: &dyn Projection) -> String {
 async fn use_schema(conn: &mut PgConnection, schema: &str) -> anyhow::Result<()> {
     // `set local` ends with the transaction, so pooled connections go back with their default path. `public`
     // stays on the path for `audit_log`; the shadow comes first, so the projection's own tables resolve there.
-    sqlx::query(&format!("set local search_path to {schema}, public"))
-        .execute(conn)
-        .await?;
+    sqlx::query(&format!("set local search_path to {schema}, public")).execute(conn).await?;
     Ok(())
 }
 
@@ -66,19 +64,14 @@ pub async fn rebuild(
     on_progress: &(dyn Fn(Progress) + Sync),
 ) -> anyhow::Result<Rebuilt> {
     let shadow = shadow_schema(projection);
-    sqlx::raw_sql(&format!(
-        "drop schema if exists {shadow} cascade; create schema {shadow}"
-    ))
-    .execute(pool)
-    .await
-    .context("create the shadow schema")?;
+    sqlx::raw_sql(&format!("drop schema if exists {shadow} cascade; create schema {shadow}"))
+        .execute(pool)
+        .await
+        .context("create the shadow schema")?;
     {
         let mut tx = pool.begin().await?;
         use_schema(&mut tx, &shadow).await?;
-        sqlx::raw_sql(projection.schema())
-            .execute(&mut *tx)
-            .await
-            .context("create the shadow tables")?;
+        sqlx::raw_sql(projection.schema()).execute(&mut *tx).await.context("create the shadow tables")?;
         tx.commit().await?;
     }
 
@@ -88,16 +81,11 @@ pub async fn rebuild(
         let head = store::read::head_position(pool).await?;
         let mut tx = pool.begin().await?;
         use_schema(&mut tx, &shadow).await?;
-        let (new_position, n_applied) =
-            fold_into_shadow(&mut tx, projection, upcasters, position).await?;
+        let (new_position, n_applied) = fold_into_shadow(&mut tx, projection, upcasters, position).await?;
         tx.commit().await?;
         position = new_position;
         applied += n_applied;
-        on_progress(Progress {
-            position,
-            head: head.max(position),
-            applied,
-        });
+        on_progress(Progress { position, head: head.max(position), applied });
         if n_applied < REBUILD_BATCH_SIZE as u64 {
             break;
         }
@@ -119,8 +107,7 @@ pub async fn rebuild(
         .await?;
     use_schema(&mut tx, &shadow).await?;
     loop {
-        let (new_position, n_applied) =
-            fold_into_shadow(&mut tx, projection, upcasters, position).await?;
+        let (new_position, n_applied) = fold_into_shadow(&mut tx, projection, upcasters, position).await?;
         position = new_position;
         applied += n_applied;
         if n_applied < REBUILD_BATCH_SIZE as u64 {
@@ -128,12 +115,11 @@ pub async fn rebuild(
         }
     }
     use_schema(&mut tx, "public").await?;
-    let tables: Vec<String> = sqlx::query_scalar(
-        "select tablename::text from pg_tables where schemaname = $1 order by tablename",
-    )
-    .bind(&shadow)
-    .fetch_all(&mut *tx)
-    .await?;
+    let tables: Vec<String> =
+        sqlx::query_scalar("select tablename::text from pg_tables where schemaname = $1 order by tablename")
+            .bind(&shadow)
+            .fetch_all(&mut *tx)
+            .await?;
     for table in &tables {
         sqlx::raw_sql(&format!(
             "drop table if exists public.{table} cascade; alter table {shadow}.{table} set schema public"
@@ -142,9 +128,7 @@ pub async fn rebuild(
         .await
         .with_context(|| format!("swap table {table}"))?;
     }
-    sqlx::raw_sql(&format!("drop schema {shadow} cascade"))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::raw_sql(&format!("drop schema {shadow} cascade")).execute(&mut *tx).await?;
     sqlx::query("update projection_checkpoints set version = $2, position = $3, updated_at = now() where name = $1")
         .bind(projection.name())
         .bind(projection.version())
@@ -152,16 +136,8 @@ pub async fn rebuild(
         .execute(&mut *tx)
         .await?;
     tx.commit().await.context("commit the swap")?;
-    on_progress(Progress {
-        position,
-        head: position,
-        applied,
-    });
-    Ok(Rebuilt {
-        version: projection.version(),
-        position,
-        applied,
-    })
+    on_progress(Progress { position, head: position, applied });
+    Ok(Rebuilt { version: projection.version(), position, applied })
 }
 
 /// Folds every projection that lives in the database from the start of the log up to and including `until`
@@ -176,7 +152,8 @@ pub async fn replay_into(
     on_progress: &(dyn Fn(Progress) + Sync),
 ) -> anyhow::Result<u64> {
     anyhow::ensure!(
-        !schema.is_empty() && schema.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_'),
+        !schema.is_empty()
+            && schema.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_'),
         "a replay schema name is lowercase letters, digits and underscores"
     );
     let projections: Vec<_> =
@@ -201,7 +178,10 @@ pub async fn replay_into(
         let in_range: Vec<_> =
             events.into_iter().filter(|event| event.position <= until).map(|event| upcasters.upcast(event)).collect();
         for projection in &projections {
-            projection.apply_batch(&mut tx, &in_range).await.with_context(|| format!("replay {}", projection.name()))?;
+            projection
+                .apply_batch(&mut tx, &in_range)
+                .await
+                .with_context(|| format!("replay {}", projection.name()))?;
         }
         position = in_range.last().map_or(position, |event| event.position);
         tx.commit().await?;

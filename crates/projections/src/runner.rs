@@ -15,21 +15,16 @@ pub const BATCH_SIZE: i64 = 2000;
 
 /// Creates the projection's tables and checkpoint if it has none; rebuilds it if its live version is not the
 /// version of the code. Safe to call from several processes at once.
-pub async fn install(
-    pool: &PgPool,
-    projection: &dyn Projection,
-    upcasters: &Upcasters,
-) -> anyhow::Result<()> {
+pub async fn install(pool: &PgPool, projection: &dyn Projection, upcasters: &Upcasters) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("select pg_advisory_xact_lock(hashtext('projection:' || $1))")
         .bind(projection.name())
         .execute(&mut *tx)
         .await?;
-    let live: Option<i32> =
-        sqlx::query_scalar("select version from projection_checkpoints where name = $1")
-            .bind(projection.name())
-            .fetch_optional(&mut *tx)
-            .await?;
+    let live: Option<i32> = sqlx::query_scalar("select version from projection_checkpoints where name = $1")
+        .bind(projection.name())
+        .fetch_optional(&mut *tx)
+        .await?;
     match live {
         Some(version) if version == projection.version() => Ok(()),
         Some(version) => {
@@ -39,24 +34,18 @@ pub async fn install(
                 "live version {version} differs from code version {}; rebuilding",
                 projection.version()
             );
-            crate::rebuild::rebuild(pool, projection, upcasters, &|_| {})
-                .await
-                .map(|_| ())
+            crate::rebuild::rebuild(pool, projection, upcasters, &|_| {}).await.map(|_| ())
         }
         None => {
             sqlx::raw_sql(projection.schema())
                 .execute(&mut *tx)
                 .await
-                .with_context(|| {
-                    format!("create the tables of projection {}", projection.name())
-                })?;
-            sqlx::query(
-                "insert into projection_checkpoints (name, version, position) values ($1, $2, 0)",
-            )
-            .bind(projection.name())
-            .bind(projection.version())
-            .execute(&mut *tx)
-            .await?;
+                .with_context(|| format!("create the tables of projection {}", projection.name()))?;
+            sqlx::query("insert into projection_checkpoints (name, version, position) values ($1, $2, 0)")
+                .bind(projection.name())
+                .bind(projection.version())
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(())
         }
@@ -81,18 +70,21 @@ pub async fn apply_batch(
     limit: i64,
 ) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
-    let row = sqlx::query(
-        "select version, position from projection_checkpoints where name = $1 for update",
-    )
-    .bind(projection.name())
-    .fetch_optional(&mut *tx)
-    .await?
-    .with_context(|| format!("projection {} is not installed", projection.name()))?;
+    let row = sqlx::query("select version, position from projection_checkpoints where name = $1 for update")
+        .bind(projection.name())
+        .fetch_optional(&mut *tx)
+        .await?
+        .with_context(|| format!("projection {} is not installed", projection.name()))?;
     let version: i32 = row.try_get("version")?;
     if version > projection.version() {
         // A newer deployment rebuilt this model and maintains it now; this process only reads it (its queries
         // select the documents, which every version keeps). Rolling deploys rely on this.
-        tracing::debug!(projection = projection.name(), live = version, code = projection.version(), "newer version is live");
+        tracing::debug!(
+            projection = projection.name(),
+            live = version,
+            code = projection.version(),
+            "newer version is live"
+        );
         return Ok(0);
     }
     anyhow::ensure!(
@@ -110,23 +102,17 @@ pub async fn apply_batch(
     let n_events = events.len();
     let events: Vec<_> = events.into_iter().map(|event| upcasters.upcast(event)).collect();
     projection.apply_batch(&mut tx, &events).await?;
-    sqlx::query(
-        "update projection_checkpoints set position = $2, updated_at = now() where name = $1",
-    )
-    .bind(projection.name())
-    .bind(last)
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("update projection_checkpoints set position = $2, updated_at = now() where name = $1")
+        .bind(projection.name())
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(n_events)
 }
 
 /// Applies batches until the projection has caught up with the log. Returns the number applied.
-pub async fn catch_up(
-    pool: &PgPool,
-    projection: &dyn Projection,
-    upcasters: &Upcasters,
-) -> anyhow::Result<usize> {
+pub async fn catch_up(pool: &PgPool, projection: &dyn Projection, upcasters: &Upcasters) -> anyhow::Result<usize> {
     let mut applied = 0;
     loop {
         let n_applied = apply_batch(pool, projection, upcasters, BATCH_SIZE).await?;
@@ -179,10 +165,7 @@ pub async fn run(
         wakeup.drain().await;
         for projection in &projections {
             if let Err(error) = catch_up(&pool, projection.as_ref(), &upcasters).await {
-                tracing::error!(
-                    projection = projection.name(),
-                    "failed to catch up: {error:#}"
-                );
+                tracing::error!(projection = projection.name(), "failed to catch up: {error:#}");
             }
         }
         tokio::select! {
@@ -204,23 +187,16 @@ pub struct ProjectionStatus {
 }
 
 /// Version, checkpoint and lag of each projection.
-pub async fn status(
-    pool: &PgPool,
-    projections: &[Arc<dyn Projection>],
-) -> anyhow::Result<Vec<ProjectionStatus>> {
+pub async fn status(pool: &PgPool, projections: &[Arc<dyn Projection>]) -> anyhow::Result<Vec<ProjectionStatus>> {
     let head = store::read::head_position(pool).await?;
     let mut statuses = Vec::new();
     for projection in projections {
-        let row =
-            sqlx::query("select version, position from projection_checkpoints where name = $1")
-                .bind(projection.name())
-                .fetch_optional(pool)
-                .await?;
+        let row = sqlx::query("select version, position from projection_checkpoints where name = $1")
+            .bind(projection.name())
+            .fetch_optional(pool)
+            .await?;
         let (live_version, checkpoint) = match row {
-            Some(row) => (
-                Some(row.try_get("version")?),
-                Some(row.try_get::<i64, _>("position")?),
-            ),
+            Some(row) => (Some(row.try_get("version")?), Some(row.try_get::<i64, _>("position")?)),
             None => (None, None),
         };
         statuses.push(ProjectionStatus {

@@ -11,30 +11,13 @@ async fn a_command_appends_its_events_with_consecutive_positions_and_stream_vers
     let store = EventStore::new(pool.clone());
     let first = store.append(command(7)).await.unwrap();
     let second = store.append(command(1)).await.unwrap();
-    let positions: Vec<i64> = first
-        .events
-        .iter()
-        .chain(&second.events)
-        .map(|event| event.position)
-        .collect();
+    let positions: Vec<i64> = first.events.iter().chain(&second.events).map(|event| event.position).collect();
     assert_eq!(positions, (1..=8).collect::<Vec<_>>());
-    let versions: Vec<i32> = first
-        .events
-        .iter()
-        .map(|event| event.stream_version)
-        .collect();
+    let versions: Vec<i32> = first.events.iter().map(|event| event.stream_version).collect();
     assert_eq!(versions, (1..=7).collect::<Vec<_>>());
     assert_eq!(second.events[0].stream_version, 1);
     let stored = read::read_after(&pool, 0, 100).await.unwrap();
-    assert_eq!(
-        stored,
-        first
-            .events
-            .iter()
-            .chain(&second.events)
-            .cloned()
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(stored, first.events.iter().chain(&second.events).cloned().collect::<Vec<_>>());
     assert_eq!(first.last_position(), 7);
 }
 
@@ -61,11 +44,7 @@ async fn of_two_appenders_expecting_the_same_version_exactly_one_wins() {
                 tokio::spawn(async move {
                     store
                         .append(NewCommand {
-                            events: vec![event(
-                                &stream,
-                                "TestChanged",
-                                serde_json::json!({ "racer": racer }),
-                            )],
+                            events: vec![event(&stream, "TestChanged", serde_json::json!({ "racer": racer }))],
                             expected: vec![(stream.clone(), expected)],
                             ..Default::default()
                         })
@@ -102,10 +81,7 @@ async fn of_two_appenders_expecting_the_same_version_exactly_one_wins() {
     let results = store::append_batch(&mut tx, contenders).await.unwrap();
     tx.commit().await.unwrap();
     assert!(results[0].is_ok());
-    assert!(matches!(
-        results[1],
-        Err(AppendError::Conflict { actual: 22, .. })
-    ));
+    assert!(matches!(results[1], Err(AppendError::Conflict { actual: 22, .. })));
 
     // NoStream refuses an existing stream.
     let result = setup
@@ -146,17 +122,15 @@ async fn thirty_two_concurrent_commands_with_one_idempotency_key_take_effect_onc
         }
     }
     assert_eq!((winners.len(), duplicates), (1, 31));
-    let stored: i64 =
-        sqlx::query_scalar("select count(*) from audit_log where idempotency_key = 'key-1'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let stored: i64 = sqlx::query_scalar("select count(*) from audit_log where idempotency_key = 'key-1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(stored, 3, "one command's three events, nothing else");
-    let owner: String =
-        sqlx::query_scalar("select entity_id from unique_claims where key = 'idempotency:key-1'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let owner: String = sqlx::query_scalar("select entity_id from unique_claims where key = 'idempotency:key-1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(owner, winners[0].id);
 }
 
@@ -167,8 +141,7 @@ async fn a_unique_key_belongs_to_one_stream() {
     let first = StreamId::new(EntityKind::Repo, "01J00000000000000000000001");
     let second = StreamId::new(EntityKind::Repo, "01J00000000000000000000002");
     let claim = |stream: &StreamId| NewCommand {
-        events: vec![event(stream, "RepoCreated", serde_json::json!({}))
-            .claiming("repo_slug:acme/svc".into())],
+        events: vec![event(stream, "RepoCreated", serde_json::json!({})).claiming("repo_slug:acme/svc".into())],
         ..Default::default()
     };
     store.append(claim(&first)).await.unwrap();
@@ -200,11 +173,7 @@ async fn an_upcaster_lifts_a_stored_v1_event_to_the_v2_shape() {
     let stream = StreamId::new(EntityKind::Task, ulid::Ulid::new().to_string());
     store
         .append(NewCommand {
-            events: vec![event(
-                &stream,
-                "TestRenamed",
-                serde_json::json!({ "name": "Ada Lovelace" }),
-            )],
+            events: vec![event(&stream, "TestRenamed", serde_json::json!({ "name": "Ada Lovelace" }))],
             ..Default::default()
         })
         .await
@@ -219,22 +188,13 @@ async fn an_upcaster_lifts_a_stored_v1_event_to_the_v2_shape() {
             payload["display"] = serde_json::json!("v3");
             payload
         });
-    let stored = read::read_stream(&pool, &stream, None)
-        .await
-        .unwrap()
-        .remove(0);
+    let stored = read::read_stream(&pool, &stream, None).await.unwrap().remove(0);
     assert_eq!(stored.schema_version, 1);
     let upcast = upcasters.upcast(stored.clone());
     assert_eq!(upcast.schema_version, 3);
-    assert_eq!(
-        upcast.payload,
-        serde_json::json!({ "first_name": "Ada", "last_name": "Lovelace", "display": "v3" })
-    );
+    assert_eq!(upcast.payload, serde_json::json!({ "first_name": "Ada", "last_name": "Lovelace", "display": "v3" }));
     // The stored row is untouched, and still verifies.
-    let again = read::read_stream(&pool, &stream, None)
-        .await
-        .unwrap()
-        .remove(0);
+    let again = read::read_stream(&pool, &stream, None).await.unwrap().remove(0);
     assert_eq!(again, stored);
     assert!(store::verify::verify_chain(&pool).await.unwrap().ok);
 }

@@ -15,20 +15,11 @@ async fn update_delete_and_truncate_are_refused_by_the_database() {
         "delete from audit_log where position = 2",
         "truncate audit_log",
     ] {
-        let error = sqlx::query(statement)
-            .execute(&pool)
-            .await
-            .expect_err(statement);
-        assert!(
-            error.to_string().contains("append-only"),
-            "{statement}: {error}"
-        );
+        let error = sqlx::query(statement).execute(&pool).await.expect_err(statement);
+        assert!(error.to_string().contains("append-only"), "{statement}: {error}");
     }
     assert_eq!(count_events(&pool).await, 3);
     let notes: Vec<Option<String>> =
-        sqlx::query_scalar("select note from audit_log order by position")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+        sqlx::query_scalar("select note from audit_log order by position").fetch_all(&pool).await.unwrap();
     assert_eq!(notes, vec![None, None, None]);
 }

@@ -7,17 +7,8 @@ use store::{NewCommand, NewEvent};
 
 /// A pool on a new, migrated database of its own.
 pub async fn fresh_pool(max_connections: u32) -> PgPool {
-    let url = devdb::test_server()
-        .await
-        .expect("test server")
-        .fresh_database()
-        .await
-        .expect("fresh database");
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .connect(&url)
-        .await
-        .expect("connect");
+    let url = devdb::test_server().await.expect("test server").fresh_database().await.expect("fresh database");
+    let pool = PgPoolOptions::new().max_connections(max_connections).connect(&url).await.expect("connect");
     store::MIGRATOR.run(&pool).await.expect("migrate");
     pool
 }
@@ -43,13 +34,7 @@ pub fn command(n_events: usize) -> NewCommand {
     let stream = StreamId::new(EntityKind::Task, ulid::Ulid::new().to_string());
     NewCommand {
         events: (0..n_events)
-            .map(|event_idx| {
-                event(
-                    &stream,
-                    "TestHappened",
-                    serde_json::json!({ "n": event_idx }),
-                )
-            })
+            .map(|event_idx| event(&stream, "TestHappened", serde_json::json!({ "n": event_idx })))
             .collect(),
         trace_id: Some("trace-test".into()),
         ..NewCommand::default()
@@ -57,8 +42,5 @@ pub fn command(n_events: usize) -> NewCommand {
 }
 
 pub async fn count_events(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("select count(*) from audit_log")
-        .fetch_one(pool)
-        .await
-        .expect("count")
+    sqlx::query_scalar("select count(*) from audit_log").fetch_one(pool).await.expect("count")
 }

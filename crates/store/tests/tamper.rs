@@ -20,17 +20,11 @@ async fn log_of_ten_events() -> PgPool {
 /// Runs statements as a superuser with triggers switched off (`session_replication_role = replica`).
 async fn tamper(pool: &PgPool, statements: &[&str]) {
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("set session_replication_role = replica")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    sqlx::query("set session_replication_role = replica").execute(&mut *conn).await.unwrap();
     for statement in statements {
         sqlx::query(statement).execute(&mut *conn).await.unwrap();
     }
-    sqlx::query("set session_replication_role = origin")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    sqlx::query("set session_replication_role = origin").execute(&mut *conn).await.unwrap();
 }
 
 async fn first_bad_position(pool: &PgPool) -> Option<i64> {
@@ -42,22 +36,14 @@ async fn first_bad_position(pool: &PgPool) -> Option<i64> {
 #[tokio::test]
 async fn an_altered_row_is_named() {
     let pool = log_of_ten_events().await;
-    tamper(
-        &pool,
-        &["update audit_log set payload = '{\"n\": 99}' where position = 5"],
-    )
-    .await;
+    tamper(&pool, &["update audit_log set payload = '{\"n\": 99}' where position = 5"]).await;
     assert_eq!(first_bad_position(&pool).await, Some(5));
 }
 
 #[tokio::test]
 async fn an_altered_audit_column_is_named() {
     let pool = log_of_ten_events().await;
-    tamper(
-        &pool,
-        &["update audit_log set actor_id = 'mallory' where position = 8"],
-    )
-    .await;
+    tamper(&pool, &["update audit_log set actor_id = 'mallory' where position = 8"]).await;
     assert_eq!(first_bad_position(&pool).await, Some(8));
 }
 

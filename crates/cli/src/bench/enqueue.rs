@@ -107,4 +107,3 @@ pub async fn run(pool: &PgPool, duration: Duration, concurrency: usize) -> anyho
     server.await??;
     Ok(())
 }
-

@@ -38,8 +38,13 @@ fn enqueue_command(seq: u64) -> NewCommand {
         context_packet_id: ulid::Ulid::new().to_string(),
     };
     let cwom = task_to_cwom(&spec, &trace_id, now, ids, None);
-    let events =
-        lifecycle::enqueue(&EnqueueTask { spec: &spec, task_id: &task_id, trace_id: &trace_id, now, cwom: Some(&cwom) });
+    let events = lifecycle::enqueue(&EnqueueTask {
+        spec: &spec,
+        task_id: &task_id,
+        trace_id: &trace_id,
+        now,
+        cwom: Some(&cwom),
+    });
     NewCommand { events, trace_id: Some(trace_id), ..NewCommand::default() }
 }
 
@@ -76,7 +81,12 @@ pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::R
     }
     let head = store::read::head_position(pool).await?;
     let elapsed = started.elapsed();
-    println!("{:<44} {:>10.0} events/s  ({head} events in {:.1} s)", "seed (append, c=16, 8-event commands)", rate(head as u64, elapsed), elapsed.as_secs_f64());
+    println!(
+        "{:<44} {:>10.0} events/s  ({head} events in {:.1} s)",
+        "seed (append, c=16, 8-event commands)",
+        rate(head as u64, elapsed),
+        elapsed.as_secs_f64()
+    );
 
     let all = app::all_projections();
     let upcasters = app::upcasters();

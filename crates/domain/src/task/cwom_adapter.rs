@@ -70,10 +70,7 @@ pub fn task_to_cwom(
     existing_repo_id: Option<&str>,
 ) -> TaskCwom {
     let timestamp = now.to_rfc3339_opts(SecondsFormat::Micros, true);
-    let ids = CwomIds {
-        repo_id: existing_repo_id.map_or(fresh_ids.repo_id, str::to_owned),
-        ..fresh_ids
-    };
+    let ids = CwomIds { repo_id: existing_repo_id.map_or(fresh_ids.repo_id, str::to_owned), ..fresh_ids };
     let slug = spec.target.repo.as_str();
     let idempotency_key = spec.idempotency_key.as_deref();
     let constraints = spec.constraints;
@@ -175,11 +172,7 @@ pub fn task_to_cwom(
         "updated_at": timestamp,
     });
 
-    let working_path = if spec.target.path.is_empty() {
-        "(root)"
-    } else {
-        spec.target.path.as_str()
-    };
+    let working_path = if spec.target.path.is_empty() { "(root)" } else { spec.target.path.as_str() };
     let context_packet = json!({
         "kind": "ContextPacket",
         "id": ids.context_packet_id,
@@ -210,13 +203,7 @@ pub fn task_to_cwom(
         "updated_at": timestamp,
     });
 
-    TaskCwom {
-        ids,
-        repo,
-        constraint_snapshot,
-        issue,
-        context_packet,
-    }
+    TaskCwom { ids, repo, constraint_snapshot, issue, context_packet }
 }
 
 /// The CWOM IssueType for an operation.

@@ -13,6 +13,31 @@ pub mod events {
     pub const TASK_CREATED: &str = "TaskCreated";
     /// The task is `queued`: the fact workers wake on.
     pub const TASK_ENQUEUED: &str = "TaskEnqueued";
+
+    // The execution lifecycle (see `task::run`): every event below carries the attempt it belongs to.
+    /// A worker claimed the task: a new attempt with a lease (`queued` → `running`).
+    pub const TASK_CLAIMED: &str = "TaskClaimed";
+    /// The attempt's handler started, with the exact input it was given.
+    pub const RUN_STARTED: &str = "RunStarted";
+    /// The worker holding the attempt renewed its lease (heartbeat).
+    pub const TASK_LEASE_RENEWED: &str = "TaskLeaseRenewed";
+    /// The attempt produced a file, stored content-addressed (SHA-256).
+    pub const ARTIFACT_PRODUCED: &str = "ArtifactProduced";
+    /// The attempt succeeded and the task is `completed`.
+    pub const TASK_COMPLETED: &str = "TaskCompleted";
+    /// The attempt ran out of its time budget and was stopped; a retry or a failure follows in the same command.
+    pub const TASK_TIMED_OUT: &str = "TaskTimedOut";
+    /// The attempt failed and another one will run at `retry_at` (`running` → `queued`).
+    pub const TASK_RETRY_SCHEDULED: &str = "TaskRetryScheduled";
+    /// The task is `failed`: its last attempt failed and no attempt is left.
+    pub const TASK_FAILED: &str = "TaskFailed";
+    /// The attempt's lease expired without renewal (its worker is presumed dead); a new claim or a failure
+    /// follows in the same command.
+    pub const TASK_LEASE_EXPIRED: &str = "TaskLeaseExpired";
+    /// The worker gave the attempt back unfinished (graceful shutdown); the task is `queued` again at once.
+    pub const TASK_RELEASED: &str = "TaskReleased";
+    /// The task is `cancelled` (from `queued`, or stopping its running attempt).
+    pub const TASK_CANCELLED: &str = "TaskCancelled";
 }
 
 /// A task's status. `pending` exists only inside the enqueue command.
@@ -48,17 +73,12 @@ impl TaskStatus {
     }
 
     pub fn parse(text: &str) -> Option<TaskStatus> {
-        TaskStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == text)
+        TaskStatus::ALL.into_iter().find(|status| status.as_str() == text)
     }
 
     /// Completed, failed and cancelled tasks never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
-        )
+        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled)
     }
 }
 
@@ -113,10 +133,7 @@ pub fn task_document(command: &EnqueueTask<'_>) -> Value {
 pub fn enqueue(command: &EnqueueTask<'_>) -> Vec<NewEvent> {
     let task = StreamId::new(EntityKind::Task, command.task_id);
     let document = task_document(command);
-    let requester = Actor {
-        kind: command.spec.requested_by.kind,
-        id: command.spec.requested_by.id.clone(),
-    };
+    let requester = Actor { kind: command.spec.requested_by.kind, id: command.spec.requested_by.id.clone() };
     let queued_at = format_ts(command.now);
     let mut new_events = vec![
         NewEvent::new(
@@ -153,32 +170,23 @@ pub fn enqueue(command: &EnqueueTask<'_>) -> Vec<NewEvent> {
 }
 
 fn cwom_events_of(cwom: &TaskCwom) -> Vec<NewEvent> {
-    let actor = Actor {
-        kind: ActorKind::System,
-        id: "cwom-service".into(),
+    let actor = Actor { kind: ActorKind::System, id: "cwom-service".into() };
+    let created = |kind: EntityKind, id: &str, event_type: &str, object: &Value, note: Option<&str>| {
+        NewEvent::new(
+            EventData {
+                stream: StreamId::new(kind, id),
+                event_type: event_type.into(),
+                schema_version: 1,
+                payload: json!({ "object": object }),
+                action: Action::Created,
+                before: None,
+                after: Some(object.clone()),
+                note: note.map(str::to_owned),
+            },
+            actor.clone(),
+        )
     };
-    let created =
-        |kind: EntityKind, id: &str, event_type: &str, object: &Value, note: Option<&str>| {
-            NewEvent::new(
-                EventData {
-                    stream: StreamId::new(kind, id),
-                    event_type: event_type.into(),
-                    schema_version: 1,
-                    payload: json!({ "object": object }),
-                    action: Action::Created,
-                    before: None,
-                    after: Some(object.clone()),
-                    note: note.map(str::to_owned),
-                },
-                actor.clone(),
-            )
-        };
-    let CwomIds {
-        repo_id,
-        constraint_snapshot_id,
-        issue_id,
-        context_packet_id,
-    } = &cwom.ids;
+    let CwomIds { repo_id, constraint_snapshot_id, issue_id, context_packet_id } = &cwom.ids;
     // The Issue is created without links; each link is its own event, as the original audited them.
     let mut issue = cwom.issue.clone();
     for list in ["constraints", "context_packets", "doctrine_refs"] {
@@ -188,14 +196,8 @@ fn cwom_events_of(cwom: &TaskCwom) -> Vec<NewEvent> {
     if let Some(repo) = &cwom.repo {
         let slug = repo["slug"].as_str().unwrap_or_default();
         new_events.push(
-            created(
-                EntityKind::Repo,
-                repo_id,
-                cwom_events::REPO_CREATED,
-                repo,
-                None,
-            )
-            .claiming(cwom::repo_slug_key(slug)),
+            created(EntityKind::Repo, repo_id, cwom_events::REPO_CREATED, repo, None)
+                .claiming(cwom::repo_slug_key(slug)),
         );
     }
     new_events.push(created(
@@ -205,19 +207,8 @@ fn cwom_events_of(cwom: &TaskCwom) -> Vec<NewEvent> {
         &cwom.constraint_snapshot,
         Some("Immutable object created"),
     ));
-    new_events.push(created(
-        EntityKind::Issue,
-        issue_id,
-        cwom_events::ISSUE_CREATED,
-        &issue,
-        None,
-    ));
-    new_events.push(issue_linked(
-        issue_id,
-        EntityKind::ConstraintSnapshot,
-        constraint_snapshot_id,
-        &actor,
-    ));
+    new_events.push(created(EntityKind::Issue, issue_id, cwom_events::ISSUE_CREATED, &issue, None));
+    new_events.push(issue_linked(issue_id, EntityKind::ConstraintSnapshot, constraint_snapshot_id, &actor));
     new_events.push(created(
         EntityKind::ContextPacket,
         context_packet_id,
@@ -225,22 +216,12 @@ fn cwom_events_of(cwom: &TaskCwom) -> Vec<NewEvent> {
         &cwom.context_packet,
         Some("Immutable object created"),
     ));
-    new_events.push(issue_linked(
-        issue_id,
-        EntityKind::ContextPacket,
-        context_packet_id,
-        &actor,
-    ));
+    new_events.push(issue_linked(issue_id, EntityKind::ContextPacket, context_packet_id, &actor));
     new_events
 }
 
 /// An Issue gained a link; the audit columns read as the original's `linked` entries.
-pub fn issue_linked(
-    issue_id: &str,
-    linked_kind: EntityKind,
-    linked_id: &str,
-    actor: &Actor,
-) -> NewEvent {
+pub fn issue_linked(issue_id: &str, linked_kind: EntityKind, linked_id: &str, actor: &Actor) -> NewEvent {
     let link = json!({ "linked_kind": linked_kind.as_str(), "linked_id": linked_id });
     NewEvent::new(
         EventData {

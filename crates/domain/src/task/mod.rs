@@ -3,8 +3,11 @@
 pub mod cwom_adapter;
 pub mod lifecycle;
 pub mod policy;
+pub mod run;
 pub mod spec;
 
+#[cfg(test)]
+mod run_tests;
 #[cfg(test)]
 mod tests;
 

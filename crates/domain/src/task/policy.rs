@@ -4,8 +4,7 @@
 use serde_json::{json, Value};
 
 use super::spec::{
-    py_strip, TaskSpec, DEFAULT_REF, DEFAULT_TIME_BUDGET_SECONDS, MAX_TIME_BUDGET_SECONDS,
-    MIN_TIME_BUDGET_SECONDS,
+    py_strip, TaskSpec, DEFAULT_REF, DEFAULT_TIME_BUDGET_SECONDS, MAX_TIME_BUDGET_SECONDS, MIN_TIME_BUDGET_SECONDS,
 };
 
 /// Error codes of [`PolicyError`], in evaluation order.
@@ -52,20 +51,13 @@ impl Default for PolicyConfig {
 impl PolicyConfig {
     /// The default config with the allow-list parsed from a `JCT_ALLOWED_REPO_PREFIXES`-style string.
     pub fn from_prefixes(text: &str) -> PolicyConfig {
-        PolicyConfig {
-            allowed_repo_prefixes: parse_prefixes(text),
-            ..PolicyConfig::default()
-        }
+        PolicyConfig { allowed_repo_prefixes: parse_prefixes(text), ..PolicyConfig::default() }
     }
 }
 
 /// Parses a comma-separated prefix list: items are trimmed and empty items dropped (`""` → `[]`).
 pub fn parse_prefixes(text: &str) -> Vec<String> {
-    text.split(',')
-        .map(py_strip)
-        .filter(|item| !item.is_empty())
-        .map(str::to_owned)
-        .collect()
+    text.split(',').map(py_strip).filter(|item| !item.is_empty()).map(str::to_owned).collect()
 }
 
 /// A policy rejection. Displays as `"CODE: MESSAGE"`.
@@ -81,10 +73,7 @@ pub struct PolicyError {
 impl PolicyError {
     /// A new rejection.
     pub fn new(code: &'static str, message: impl Into<String>) -> PolicyError {
-        PolicyError {
-            code,
-            message: message.into(),
-        }
+        PolicyError { code, message: message.into() }
     }
 
     /// `{"error":"policy_violation","code":CODE,"message":MSG}` (the HTTP layer wraps it in `{"detail": ...}`).
@@ -97,10 +86,7 @@ impl PolicyError {
 /// stays), lowercase.
 pub fn normalise_repo(repo: &str) -> String {
     let trimmed = py_strip(repo);
-    trimmed
-        .strip_suffix(".git")
-        .unwrap_or(trimmed)
-        .to_lowercase()
+    trimmed.strip_suffix(".git").unwrap_or(trimmed).to_lowercase()
 }
 
 /// Checks the rules in order (the first failure wins): repository allow-list, time budget minimum and maximum,
@@ -108,10 +94,7 @@ pub fn normalise_repo(repo: &str) -> String {
 /// false; everything else (acceptance criteria and evidence requirements included, SPEC §9.5) copied.
 pub fn evaluate(spec: &TaskSpec, config: &PolicyConfig) -> Result<TaskSpec, PolicyError> {
     let repo = normalise_repo(&spec.target.repo);
-    let allowed = config
-        .allowed_repo_prefixes
-        .iter()
-        .any(|prefix| repo.starts_with(&prefix.to_lowercase()));
+    let allowed = config.allowed_repo_prefixes.iter().any(|prefix| repo.starts_with(&prefix.to_lowercase()));
     if !allowed {
         return Err(PolicyError::new(
             codes::REPO_NOT_ALLOWED,
@@ -127,19 +110,13 @@ pub fn evaluate(spec: &TaskSpec, config: &PolicyConfig) -> Result<TaskSpec, Poli
     if budget < config.min_time_budget_seconds {
         return Err(PolicyError::new(
             codes::TIME_BUDGET_TOO_LOW,
-            format!(
-                "Time budget {budget}s is below minimum ({}s)",
-                config.min_time_budget_seconds
-            ),
+            format!("Time budget {budget}s is below minimum ({}s)", config.min_time_budget_seconds),
         ));
     }
     if budget > config.max_time_budget_seconds {
         return Err(PolicyError::new(
             codes::TIME_BUDGET_TOO_HIGH,
-            format!(
-                "Time budget {budget}s exceeds maximum ({}s)",
-                config.max_time_budget_seconds
-            ),
+            format!("Time budget {budget}s exceeds maximum ({}s)", config.max_time_budget_seconds),
         ));
     }
     if spec.constraints.allow_network {

@@ -34,12 +34,7 @@ pub enum Operation {
 
 impl Operation {
     /// In the schema's declaration order.
-    pub const ALL: [Operation; 4] = [
-        Operation::CodeChange,
-        Operation::Docs,
-        Operation::Analysis,
-        Operation::Ops,
-    ];
+    pub const ALL: [Operation; 4] = [Operation::CodeChange, Operation::Docs, Operation::Analysis, Operation::Ops];
 
     /// `"code_change"`, `"docs"`, `"analysis"` or `"ops"`.
     pub fn as_str(self) -> &'static str {
@@ -53,9 +48,7 @@ impl Operation {
 
     /// The inverse of [`Operation::as_str`].
     pub fn parse(text: &str) -> Option<Operation> {
-        Operation::ALL
-            .into_iter()
-            .find(|operation| operation.as_str() == text)
+        Operation::ALL.into_iter().find(|operation| operation.as_str() == text)
     }
 }
 
@@ -100,11 +93,7 @@ pub struct Constraints {
 
 impl Default for Constraints {
     fn default() -> Constraints {
-        Constraints {
-            time_budget_seconds: DEFAULT_TIME_BUDGET_SECONDS,
-            allow_network: false,
-            allow_secrets: false,
-        }
+        Constraints { time_budget_seconds: DEFAULT_TIME_BUDGET_SECONDS, allow_network: false, allow_secrets: false }
     }
 }
 
@@ -237,9 +226,7 @@ pub(crate) fn validate(
 
     let idempotency_key = match optional(object, "idempotency_key") {
         None => Some(None),
-        Some(value) => checker
-            .string(value, &at("idempotency_key"), 1, 256)
-            .map(Some),
+        Some(value) => checker.string(value, &at("idempotency_key"), 1, 256).map(Some),
     };
 
     let requested_by = match object.get("requested_by") {
@@ -259,9 +246,7 @@ pub(crate) fn validate(
         }
         Some(Value::String(text)) => {
             let trimmed = py_strip(text);
-            checker
-                .length(trimmed, &at("objective"), 5, 4000)
-                .then(|| trimmed.to_owned())
+            checker.length(trimmed, &at("objective"), 5, 4000).then(|| trimmed.to_owned())
         }
         Some(value) => checker.string(value, &at("objective"), 5, 4000),
     };
@@ -273,17 +258,11 @@ pub(crate) fn validate(
             None
         }
         (Model::Legacy, None | Some(Value::Null)) => Some(None),
-        (_, Some(value)) => checker
-            .literal(value, &at("operation"), &OPERATIONS)
-            .and_then(Operation::parse)
-            .map(Some),
+        (_, Some(value)) => checker.literal(value, &at("operation"), &OPERATIONS).and_then(Operation::parse).map(Some),
     };
     let legacy_type = match optional(object, "type").filter(|_| legacy) {
         None => Some(None),
-        Some(value) => checker
-            .literal(value, &at("type"), &OPERATIONS)
-            .and_then(Operation::parse)
-            .map(Some),
+        Some(value) => checker.literal(value, &at("type"), &OPERATIONS).and_then(Operation::parse).map(Some),
     };
 
     let target = match object.get("target") {
@@ -291,9 +270,9 @@ pub(crate) fn validate(
             checker.missing(at("target"));
             None
         }
-        Some(value) => checker
-            .model(value, &at("target"))
-            .and_then(|fields| target(&mut checker, fields, &at("target"), model)),
+        Some(value) => {
+            checker.model(value, &at("target")).and_then(|fields| target(&mut checker, fields, &at("target"), model))
+        }
     };
 
     let constraints = match object.get("constraints") {
@@ -325,10 +304,7 @@ pub(crate) fn validate(
     };
 
     if model == Model::Canonical {
-        for key in object
-            .keys()
-            .filter(|key| !TOP_LEVEL_FIELDS.contains(&key.as_str()))
-        {
+        for key in object.keys().filter(|key| !TOP_LEVEL_FIELDS.contains(&key.as_str())) {
             checker.extra_forbidden(at(key));
         }
     }
@@ -370,16 +346,10 @@ pub(crate) fn validate(
 
     // The legacy model's after-validator: one error, at the model itself, operation first.
     let Some(operation) = operation.or(legacy_type) else {
-        return Err(vec![value_error(
-            base,
-            "Either 'operation' or 'type' must be provided",
-        )]);
+        return Err(vec![value_error(base, "Either 'operation' or 'type' must be provided")]);
     };
     let Some(repo) = repo else {
-        return Err(vec![value_error(
-            base,
-            "Either 'repo' or 'repository' must be provided",
-        )]);
+        return Err(vec![value_error(base, "Either 'repo' or 'repository' must be provided")]);
     };
     let inputs = match payload {
         Some(payload) if inputs.is_empty() => payload,
@@ -392,11 +362,7 @@ pub(crate) fn validate(
         requested_by,
         objective,
         operation,
-        target: Target {
-            repo,
-            git_ref,
-            path,
-        },
+        target: Target { repo, git_ref, path },
         constraints,
         inputs,
         acceptance_criteria,
@@ -406,27 +372,17 @@ pub(crate) fn validate(
 }
 
 fn value_error(loc: &[LocPart], message: &str) -> ValidationError {
-    ValidationError::new(
-        loc.to_vec(),
-        "value_error",
-        format!("Value error, {message}"),
-    )
+    ValidationError::new(loc.to_vec(), "value_error", format!("Value error, {message}"))
 }
 
 /// `requested_by` (unknown keys dropped in both models).
-fn requested_by(
-    checker: &mut Checker,
-    fields: &Map<String, Value>,
-    loc: &[LocPart],
-) -> Option<RequestedBy> {
+fn requested_by(checker: &mut Checker, fields: &Map<String, Value>, loc: &[LocPart]) -> Option<RequestedBy> {
     let kind = match fields.get("kind") {
         None => {
             checker.missing(child(loc, "kind"));
             None
         }
-        Some(value) => checker
-            .literal(value, &child(loc, "kind"), &ACTOR_KINDS)
-            .and_then(ActorKind::parse),
+        Some(value) => checker.literal(value, &child(loc, "kind"), &ACTOR_KINDS).and_then(ActorKind::parse),
     };
     let id = match fields.get("id") {
         None => {
@@ -437,15 +393,9 @@ fn requested_by(
     };
     let label = match optional(fields, "label") {
         None => Some(None),
-        Some(value) => checker
-            .string(value, &child(loc, "label"), 1, 256)
-            .map(Some),
+        Some(value) => checker.string(value, &child(loc, "label"), 1, 256).map(Some),
     };
-    Some(RequestedBy {
-        kind: kind?,
-        id: id?,
-        label: label?,
-    })
+    Some(RequestedBy { kind: kind?, id: id?, label: label? })
 }
 
 /// `target`: `(repo, ref, path)`; `repo` is `None` only in the legacy model when neither `repo` nor `repository`
@@ -466,9 +416,7 @@ fn target(
     };
     let repository = match optional(fields, "repository").filter(|_| model == Model::Legacy) {
         None => Some(None),
-        Some(value) => checker
-            .string(value, &child(loc, "repository"), 1, 256)
-            .map(Some),
+        Some(value) => checker.string(value, &child(loc, "repository"), 1, 256).map(Some),
     };
     let git_ref = match fields.get("ref") {
         None => Some(DEFAULT_REF.to_owned()),
@@ -479,10 +427,7 @@ fn target(
         Some(value) => checker.string(value, &child(loc, "path"), 0, 512),
     };
     if model == Model::Canonical {
-        for key in fields
-            .keys()
-            .filter(|key| !TARGET_FIELDS.contains(&key.as_str()))
-        {
+        for key in fields.keys().filter(|key| !TARGET_FIELDS.contains(&key.as_str())) {
             checker.extra_forbidden(child(loc, key.as_str()));
         }
     }
@@ -491,11 +436,7 @@ fn target(
 }
 
 /// `constraints` (unknown keys dropped in both models).
-fn constraints(
-    checker: &mut Checker,
-    fields: &Map<String, Value>,
-    loc: &[LocPart],
-) -> Option<Constraints> {
+fn constraints(checker: &mut Checker, fields: &Map<String, Value>, loc: &[LocPart]) -> Option<Constraints> {
     let time_budget_seconds = match fields.get("time_budget_seconds") {
         None => Some(DEFAULT_TIME_BUDGET_SECONDS),
         Some(value) => checker
@@ -523,7 +464,5 @@ fn constraints(
 /// Python's `str.strip()`: trims Unicode whitespace plus the separators U+001C..U+001F, which Python also counts
 /// as whitespace.
 pub(crate) fn py_strip(text: &str) -> &str {
-    text.trim_matches(|character: char| {
-        character.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&character)
-    })
+    text.trim_matches(|character: char| character.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&character))
 }

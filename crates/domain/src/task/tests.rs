@@ -41,30 +41,16 @@ fn minimal(operation: &str, repo: &str) -> Value {
 /// `body()` with `pointer` (a JSON pointer to an existing parent object) set to `value`.
 fn with(mut body: Value, pointer: &str, value: Value) -> Value {
     let (parent, key) = pointer.rsplit_once('/').expect("pointer has a slash");
-    let target = if parent.is_empty() {
-        &mut body
-    } else {
-        body.pointer_mut(parent).expect("parent exists")
-    };
-    target
-        .as_object_mut()
-        .expect("parent is an object")
-        .insert(key.to_owned(), value);
+    let target = if parent.is_empty() { &mut body } else { body.pointer_mut(parent).expect("parent exists") };
+    target.as_object_mut().expect("parent is an object").insert(key.to_owned(), value);
     body
 }
 
 /// `body` without the key at `pointer`.
 fn without(mut body: Value, pointer: &str) -> Value {
     let (parent, key) = pointer.rsplit_once('/').expect("pointer has a slash");
-    let target = if parent.is_empty() {
-        &mut body
-    } else {
-        body.pointer_mut(parent).expect("parent exists")
-    };
-    target
-        .as_object_mut()
-        .expect("parent is an object")
-        .remove(key);
+    let target = if parent.is_empty() { &mut body } else { body.pointer_mut(parent).expect("parent exists") };
+    target.as_object_mut().expect("parent is an object").remove(key);
     body
 }
 
@@ -84,10 +70,7 @@ fn errors(body: &Value) -> Vec<Value> {
 }
 
 fn one_error(body: &Value, loc: Value, kind: &str, msg: &str) {
-    assert_eq!(
-        errors(body),
-        vec![json!({"loc": loc, "msg": msg, "type": kind})]
-    );
+    assert_eq!(errors(body), vec![json!({"loc": loc, "msg": msg, "type": kind})]);
 }
 
 fn config(prefixes: &[&str]) -> PolicyConfig {
@@ -132,10 +115,7 @@ fn prefixes_single() {
 
 #[test]
 fn prefixes_multiple() {
-    assert_eq!(
-        parse_prefixes("myorg/,anotherorg/"),
-        ["myorg/", "anotherorg/"]
-    );
+    assert_eq!(parse_prefixes("myorg/,anotherorg/"), ["myorg/", "anotherorg/"]);
 }
 
 #[test]
@@ -145,10 +125,7 @@ fn prefixes_whitespace_trimmed() {
 
 #[test]
 fn prefixes_empty_items_dropped() {
-    assert_eq!(
-        parse_prefixes("myorg/,,anotherorg/"),
-        ["myorg/", "anotherorg/"]
-    );
+    assert_eq!(parse_prefixes("myorg/,,anotherorg/"), ["myorg/", "anotherorg/"]);
 }
 
 #[test]
@@ -244,10 +221,7 @@ fn allow_list_normalises_case() {
 
 #[test]
 fn allow_list_rejects_other_namespace() {
-    let error = rejected(
-        &parse(&minimal("code_change", "unauthorized/repo")),
-        &testorg(),
-    );
+    let error = rejected(&parse(&minimal("code_change", "unauthorized/repo")), &testorg());
     assert_eq!(error.code, "REPO_NOT_ALLOWED");
     assert_eq!(
         error.message,
@@ -257,10 +231,7 @@ fn allow_list_rejects_other_namespace() {
 
 #[test]
 fn allow_list_message_shows_repo_as_given() {
-    let error = rejected(
-        &parse(&minimal("code_change", " Evil/R.git ")),
-        &config(&["testorg/", "Other/"]),
-    );
+    let error = rejected(&parse(&minimal("code_change", " Evil/R.git ")), &config(&["testorg/", "Other/"]));
     assert_eq!(
         error.message,
         "Repository ' Evil/R.git ' is not in the allowed namespace. Allowed prefixes: testorg/, Other/"
@@ -270,52 +241,34 @@ fn allow_list_message_shows_repo_as_given() {
 #[test]
 fn allow_list_custom_prefix_accepts() {
     let spec = parse(&minimal("code_change", "custom-org/my-repo"));
-    assert_eq!(
-        allowed(&spec, &config(&["custom-org/"])).target.repo,
-        "custom-org/my-repo"
-    );
+    assert_eq!(allowed(&spec, &config(&["custom-org/"])).target.repo, "custom-org/my-repo");
 }
 
 #[test]
 fn allow_list_custom_prefix_rejects_default_org() {
-    let error = rejected(
-        &parse(&minimal("code_change", "testorg/my-repo")),
-        &config(&["custom-org/"]),
-    );
+    let error = rejected(&parse(&minimal("code_change", "testorg/my-repo")), &config(&["custom-org/"]));
     assert_eq!(error.code, codes::REPO_NOT_ALLOWED);
 }
 
 #[test]
 fn empty_allow_list_denies_everything() {
-    let error = rejected(
-        &parse(&minimal("code_change", "any-org/any-repo")),
-        &PolicyConfig::default(),
-    );
+    let error = rejected(&parse(&minimal("code_change", "any-org/any-repo")), &PolicyConfig::default());
     assert_eq!(error.code, "REPO_NOT_ALLOWED");
-    assert_eq!(
-        error.message,
-        "Repository 'any-org/any-repo' is not in the allowed namespace. Allowed prefixes: "
-    );
+    assert_eq!(error.message, "Repository 'any-org/any-repo' is not in the allowed namespace. Allowed prefixes: ");
 }
 
 #[test]
 fn allow_list_several_prefixes() {
     let config = PolicyConfig::from_prefixes("org1/,org2/,org3/");
     for repo in ["org1/repo", "org2/repo", "org3/repo"] {
-        assert_eq!(
-            allowed(&parse(&minimal("docs", repo)), &config).target.repo,
-            repo
-        );
+        assert_eq!(allowed(&parse(&minimal("docs", repo)), &config).target.repo, repo);
     }
 }
 
 #[test]
 fn allow_list_prefix_is_lowercased_and_plain_starts_with() {
     let spec = parse(&minimal("docs", "myorganization/x"));
-    assert_eq!(
-        allowed(&spec, &config(&["MyOrg"])).target.repo,
-        "myorganization/x"
-    );
+    assert_eq!(allowed(&spec, &config(&["MyOrg"])).target.repo, "myorganization/x");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -324,15 +277,8 @@ fn allow_list_prefix_is_lowercased_and_plain_starts_with() {
 #[test]
 fn time_budget_in_range_passes_unchanged() {
     for seconds in [3600, 30, 86400] {
-        let spec = parse(&with(
-            body(),
-            "/constraints/time_budget_seconds",
-            json!(seconds),
-        ));
-        assert_eq!(
-            allowed(&spec, &testorg()).constraints.time_budget_seconds,
-            seconds
-        );
+        let spec = parse(&with(body(), "/constraints/time_budget_seconds", json!(seconds)));
+        assert_eq!(allowed(&spec, &testorg()).constraints.time_budget_seconds, seconds);
     }
 }
 
@@ -358,57 +304,25 @@ fn time_budget_86401_is_a_schema_error() {
 
 #[test]
 fn time_budget_policy_limits() {
-    let config = PolicyConfig {
-        min_time_budget_seconds: 60,
-        max_time_budget_seconds: 1800,
-        ..testorg()
-    };
+    let config = PolicyConfig { min_time_budget_seconds: 60, max_time_budget_seconds: 1800, ..testorg() };
     let low = parse(&with(body(), "/constraints/time_budget_seconds", json!(59)));
     let error = rejected(&low, &config);
-    assert_eq!(
-        (error.code, error.message.as_str()),
-        (
-            "TIME_BUDGET_TOO_LOW",
-            "Time budget 59s is below minimum (60s)"
-        )
-    );
-    let high = parse(&with(
-        body(),
-        "/constraints/time_budget_seconds",
-        json!(1801),
-    ));
+    assert_eq!((error.code, error.message.as_str()), ("TIME_BUDGET_TOO_LOW", "Time budget 59s is below minimum (60s)"));
+    let high = parse(&with(body(), "/constraints/time_budget_seconds", json!(1801)));
     let error = rejected(&high, &config);
     assert_eq!(
         (error.code, error.message.as_str()),
-        (
-            "TIME_BUDGET_TOO_HIGH",
-            "Time budget 1801s exceeds maximum (1800s)"
-        )
+        ("TIME_BUDGET_TOO_HIGH", "Time budget 1801s exceeds maximum (1800s)")
     );
-    let edge = parse(&with(
-        body(),
-        "/constraints/time_budget_seconds",
-        json!(1800),
-    ));
-    assert_eq!(
-        allowed(&edge, &config).constraints.time_budget_seconds,
-        1800
-    );
+    let edge = parse(&with(body(), "/constraints/time_budget_seconds", json!(1800)));
+    assert_eq!(allowed(&edge, &config).constraints.time_budget_seconds, 1800);
 }
 
 #[test]
 fn time_budget_digit_string_and_whole_float_are_coerced() {
-    let spec = parse(&with(
-        body(),
-        "/constraints/time_budget_seconds",
-        json!("60"),
-    ));
+    let spec = parse(&with(body(), "/constraints/time_budget_seconds", json!("60")));
     assert_eq!(spec.constraints.time_budget_seconds, 60);
-    let spec = parse(&with(
-        body(),
-        "/constraints/time_budget_seconds",
-        json!(60.0),
-    ));
+    let spec = parse(&with(body(), "/constraints/time_budget_seconds", json!(60.0)));
     assert_eq!(spec.constraints.time_budget_seconds, 60);
 }
 
@@ -449,10 +363,7 @@ fn network_true_denied() {
     assert!(spec.constraints.allow_network, "the schema accepts true");
     let error = rejected(&spec, &testorg());
     assert_eq!(error.code, "NETWORK_ACCESS_DENIED");
-    assert_eq!(
-        error.message,
-        "Network access is not allowed in V1. Set constraints.allow_network to false."
-    );
+    assert_eq!(error.message, "Network access is not allowed in V1. Set constraints.allow_network to false.");
 }
 
 #[test]
@@ -466,19 +377,12 @@ fn secrets_true_denied() {
     let spec = parse(&with(body(), "/constraints/allow_secrets", json!(true)));
     let error = rejected(&spec, &testorg());
     assert_eq!(error.code, "SECRETS_ACCESS_DENIED");
-    assert_eq!(
-        error.message,
-        "Secrets access is not allowed in V1. Set constraints.allow_secrets to false."
-    );
+    assert_eq!(error.message, "Secrets access is not allowed in V1. Set constraints.allow_secrets to false.");
 }
 
 #[test]
 fn bad_repo_beats_network() {
-    let spec = parse(&with(
-        with(body(), "/target/repo", json!("evil/r")),
-        "/constraints/allow_network",
-        json!(true),
-    ));
+    let spec = parse(&with(with(body(), "/target/repo", json!("evil/r")), "/constraints/allow_network", json!(true)));
     assert_eq!(rejected(&spec, &testorg()).code, "REPO_NOT_ALLOWED");
 }
 
@@ -494,10 +398,7 @@ fn network_beats_secrets() {
 
 #[test]
 fn time_budget_beats_network() {
-    let config = PolicyConfig {
-        min_time_budget_seconds: 100,
-        ..testorg()
-    };
+    let config = PolicyConfig { min_time_budget_seconds: 100, ..testorg() };
     let spec = parse(&with(
         with(body(), "/constraints/time_budget_seconds", json!(60)),
         "/constraints/allow_network",
@@ -523,15 +424,8 @@ fn lax_bool_flags() {
 
 #[test]
 fn objective_is_trimmed() {
-    let spec = parse(&with(
-        body(),
-        "/objective",
-        json!("  Test objective with spaces  "),
-    ));
-    assert_eq!(
-        allowed(&spec, &testorg()).objective,
-        "Test objective with spaces"
-    );
+    let spec = parse(&with(body(), "/objective", json!("  Test objective with spaces  ")));
+    assert_eq!(allowed(&spec, &testorg()).objective, "Test objective with spaces");
     let mut untrimmed = spec.clone();
     untrimmed.objective = "\t Built directly \n".to_owned();
     assert_eq!(allowed(&untrimmed, &testorg()).objective, "Built directly");
@@ -555,10 +449,7 @@ fn path_defaults_to_empty() {
 #[test]
 fn repo_is_normalised() {
     let spec = parse(&with(body(), "/target/repo", json!("TestOrg/Repo.git")));
-    assert_eq!(
-        spec.target.repo, "TestOrg/Repo.git",
-        "parsing does not normalise"
-    );
+    assert_eq!(spec.target.repo, "TestOrg/Repo.git", "parsing does not normalise");
     assert_eq!(allowed(&spec, &testorg()).target.repo, "testorg/repo");
 }
 
@@ -567,34 +458,20 @@ fn output_flags_are_false() {
     let normalised = allowed(&parse(&body()), &testorg());
     assert_eq!(
         normalised.constraints,
-        Constraints {
-            time_budget_seconds: 900,
-            allow_network: false,
-            allow_secrets: false
-        }
+        Constraints { time_budget_seconds: 900, allow_network: false, allow_secrets: false }
     );
 }
 
 #[test]
 fn acceptance_criteria_and_evidence_requirements_are_kept() {
     let body = with(
-        with(
-            body(),
-            "/acceptance_criteria",
-            json!(["Endpoint returns 200 with JSON body", "pytest passes"]),
-        ),
+        with(body(), "/acceptance_criteria", json!(["Endpoint returns 200 with JSON body", "pytest passes"])),
         "/evidence_requirements",
         json!(["test_healthz.py output", "coverage report"]),
     );
     let normalised = allowed(&parse(&body), &testorg());
-    assert_eq!(
-        normalised.acceptance_criteria,
-        ["Endpoint returns 200 with JSON body", "pytest passes"]
-    );
-    assert_eq!(
-        normalised.evidence_requirements,
-        ["test_healthz.py output", "coverage report"]
-    );
+    assert_eq!(normalised.acceptance_criteria, ["Endpoint returns 200 with JSON body", "pytest passes"]);
+    assert_eq!(normalised.evidence_requirements, ["test_healthz.py output", "coverage report"]);
 }
 
 #[test]
@@ -607,27 +484,14 @@ fn objective_blank_or_short_after_trimming_is_a_validation_error() {
             "String should have at least 5 characters",
         );
     }
-    assert_eq!(
-        parse(&with(body(), "/objective", json!("  abcde  "))).objective,
-        "abcde"
-    );
+    assert_eq!(parse(&with(body(), "/objective", json!("  abcde  "))).objective, "abcde");
 }
 
 #[test]
 fn objective_length_limits() {
-    assert_eq!(
-        parse(&with(body(), "/objective", json!("x".repeat(4000))))
-            .objective
-            .len(),
-        4000
-    );
+    assert_eq!(parse(&with(body(), "/objective", json!("x".repeat(4000)))).objective.len(), 4000);
     let padded = format!("  {}  ", "x".repeat(4000));
-    assert_eq!(
-        parse(&with(body(), "/objective", json!(padded)))
-            .objective
-            .len(),
-        4000
-    );
+    assert_eq!(parse(&with(body(), "/objective", json!(padded))).objective.len(), 4000);
     one_error(
         &with(body(), "/objective", json!("x".repeat(4001))),
         json!(["body", "objective"]),
@@ -648,18 +512,12 @@ fn objective_length_limits() {
 #[test]
 fn policy_error_to_json() {
     let error = PolicyError::new("TEST_CODE", "Test message");
-    assert_eq!(
-        error.to_json(),
-        json!({"error": "policy_violation", "code": "TEST_CODE", "message": "Test message"})
-    );
+    assert_eq!(error.to_json(), json!({"error": "policy_violation", "code": "TEST_CODE", "message": "Test message"}));
 }
 
 #[test]
 fn policy_error_display() {
-    assert_eq!(
-        PolicyError::new("TEST_CODE", "Test message").to_string(),
-        "TEST_CODE: Test message"
-    );
+    assert_eq!(PolicyError::new("TEST_CODE", "Test message").to_string(), "TEST_CODE: Test message");
 }
 
 #[test]
@@ -667,33 +525,16 @@ fn config_defaults() {
     let config = PolicyConfig::default();
     assert!(config.allowed_repo_prefixes.is_empty());
     assert_eq!(
-        (
-            config.min_time_budget_seconds,
-            config.max_time_budget_seconds,
-            config.default_time_budget_seconds
-        ),
+        (config.min_time_budget_seconds, config.max_time_budget_seconds, config.default_time_budget_seconds),
         (30, 86400, 900)
     );
-    assert_eq!(
-        PolicyConfig::from_prefixes(" a/ ,b/").allowed_repo_prefixes,
-        ["a/", "b/"]
-    );
+    assert_eq!(PolicyConfig::from_prefixes(" a/ ,b/").allowed_repo_prefixes, ["a/", "b/"]);
 }
 
 #[test]
 fn config_custom_limits_kept() {
-    let config = PolicyConfig {
-        min_time_budget_seconds: 60,
-        max_time_budget_seconds: 1800,
-        ..Default::default()
-    };
-    assert_eq!(
-        (
-            config.min_time_budget_seconds,
-            config.max_time_budget_seconds
-        ),
-        (60, 1800)
-    );
+    let config = PolicyConfig { min_time_budget_seconds: 60, max_time_budget_seconds: 1800, ..Default::default() };
+    assert_eq!((config.min_time_budget_seconds, config.max_time_budget_seconds), (60, 1800));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -701,54 +542,30 @@ fn config_custom_limits_kept() {
 
 #[test]
 fn evaluate_returns_new_normalised_spec() {
-    let spec = parse(&with(
-        with(body(), "/objective", json!("  Trim me please  ")),
-        "/target/repo",
-        json!("TestOrg/Svc.git"),
-    ));
+    let spec =
+        parse(&with(with(body(), "/objective", json!("  Trim me please  ")), "/target/repo", json!("TestOrg/Svc.git")));
     let normalised = allowed(&spec, &testorg());
-    assert_eq!(
-        spec.target.repo, "TestOrg/Svc.git",
-        "the input is untouched"
-    );
+    assert_eq!(spec.target.repo, "TestOrg/Svc.git", "the input is untouched");
     assert_eq!(normalised.objective, "Trim me please");
     assert_eq!(normalised.target.repo, "testorg/svc");
 }
 
 #[test]
 fn evaluate_preserves_key_inputs_metadata() {
-    let body = with(
-        with(body(), "/inputs", json!({"file": "test.py"})),
-        "/metadata",
-        json!({"tags": ["test"]}),
-    );
+    let body = with(with(body(), "/inputs", json!({"file": "test.py"})), "/metadata", json!({"tags": ["test"]}));
     let normalised = allowed(&parse(&body), &testorg());
-    assert_eq!(
-        normalised.idempotency_key.as_deref(),
-        Some("2025-12-08T14:05:00Z-devops-ctl-001")
-    );
+    assert_eq!(normalised.idempotency_key.as_deref(), Some("2025-12-08T14:05:00Z-devops-ctl-001"));
     assert_eq!(Value::Object(normalised.inputs), json!({"file": "test.py"}));
-    assert_eq!(
-        Value::Object(normalised.metadata),
-        json!({"tags": ["test"]})
-    );
+    assert_eq!(Value::Object(normalised.metadata), json!({"tags": ["test"]}));
 }
 
 #[test]
 fn evaluate_preserves_requested_by() {
-    let body = with(
-        body(),
-        "/requested_by",
-        json!({"kind": "agent", "id": "jules-001", "label": "Jules Agent"}),
-    );
+    let body = with(body(), "/requested_by", json!({"kind": "agent", "id": "jules-001", "label": "Jules Agent"}));
     let normalised = allowed(&parse(&body), &testorg());
     assert_eq!(
         normalised.requested_by,
-        RequestedBy {
-            kind: ActorKind::Agent,
-            id: "jules-001".to_owned(),
-            label: Some("Jules Agent".to_owned())
-        }
+        RequestedBy { kind: ActorKind::Agent, id: "jules-001".to_owned(), label: Some("Jules Agent".to_owned()) }
     );
 }
 
@@ -761,11 +578,7 @@ fn legacy_base() -> Value {
 
 #[test]
 fn legacy_type_becomes_operation() {
-    let body = with(
-        with(legacy_base(), "/type", json!("docs")),
-        "/target/repo",
-        json!("testorg/r"),
-    );
+    let body = with(with(legacy_base(), "/type", json!("docs")), "/target/repo", json!("testorg/r"));
     let spec = parse(&body);
     assert_eq!(spec.operation, Operation::Docs);
     assert!(spec.to_json().get("type").is_none(), "type is cleared");
@@ -779,82 +592,47 @@ fn legacy_payload_becomes_inputs() {
     });
     let spec = parse(&body);
     assert_eq!(Value::Object(spec.inputs.clone()), json!({"build_id": 7}));
-    assert!(
-        spec.to_json().get("payload").is_none(),
-        "payload is cleared"
-    );
+    assert!(spec.to_json().get("payload").is_none(), "payload is cleared");
     let with_empty_inputs = with(body, "/inputs", json!({}));
-    assert_eq!(
-        Value::Object(parse(&with_empty_inputs).inputs),
-        json!({"build_id": 7})
-    );
+    assert_eq!(Value::Object(parse(&with_empty_inputs).inputs), json!({"build_id": 7}));
 }
 
 #[test]
 fn legacy_repository_becomes_repo() {
-    let body = with(
-        with(legacy_base(), "/operation", json!("ops")),
-        "/target/repository",
-        json!("testorg/legacy"),
-    );
+    let body = with(with(legacy_base(), "/operation", json!("ops")), "/target/repository", json!("testorg/legacy"));
     let spec = parse(&body);
     assert_eq!(spec.target.repo, "testorg/legacy");
-    assert!(
-        spec.to_json()["target"].get("repository").is_none(),
-        "repository is cleared"
-    );
+    assert!(spec.to_json()["target"].get("repository").is_none(), "repository is cleared");
 }
 
 #[test]
 fn operation_beats_type() {
-    let body = with(
-        with(minimal("analysis", "testorg/r"), "/type", json!("docs")),
-        "/target/repo",
-        json!("testorg/r"),
-    );
+    let body = with(with(minimal("analysis", "testorg/r"), "/type", json!("docs")), "/target/repo", json!("testorg/r"));
     assert_eq!(parse(&body).operation, Operation::Analysis);
 }
 
 #[test]
 fn inputs_beat_payload() {
-    let body = with(
-        with(minimal("ops", "testorg/r"), "/inputs", json!({"a": 1})),
-        "/payload",
-        json!({"b": 2}),
-    );
+    let body = with(with(minimal("ops", "testorg/r"), "/inputs", json!({"a": 1})), "/payload", json!({"b": 2}));
     assert_eq!(Value::Object(parse(&body).inputs), json!({"a": 1}));
 }
 
 #[test]
 fn repo_beats_repository() {
-    let body = with(
-        minimal("ops", "testorg/canonical"),
-        "/target/repository",
-        json!("testorg/legacy"),
-    );
+    let body = with(minimal("ops", "testorg/canonical"), "/target/repository", json!("testorg/legacy"));
     assert_eq!(parse(&body).target.repo, "testorg/canonical");
 }
 
 #[test]
 fn neither_operation_nor_type() {
     let body = with(legacy_base(), "/target/repo", json!("testorg/r"));
-    one_error(
-        &body,
-        json!(["body"]),
-        "value_error",
-        "Value error, Either 'operation' or 'type' must be provided",
-    );
+    one_error(&body, json!(["body"]), "value_error", "Value error, Either 'operation' or 'type' must be provided");
 }
 
 #[test]
 fn neither_repo_nor_repository() {
     let body = with(legacy_base(), "/operation", json!("docs"));
-    one_error(
-        &body,
-        json!(["body"]),
-        "value_error",
-        "Value error, Either 'repo' or 'repository' must be provided",
-    );
+    one_error(&body, json!(["body"]), "value_error", "Value error, Either 'repo' or 'repository' must be provided");
     // Both missing: the operation is reported first, alone.
     one_error(
         &legacy_base(),
@@ -882,21 +660,13 @@ fn all_legacy_task_passes_policy() {
 #[test]
 fn legacy_alias_values_are_validated() {
     one_error(
-        &with(
-            with(legacy_base(), "/type", json!("deploy")),
-            "/target/repo",
-            json!("testorg/r"),
-        ),
+        &with(with(legacy_base(), "/type", json!("deploy")), "/target/repo", json!("testorg/r")),
         json!(["body", "type"]),
         "literal_error",
         "Input should be 'code_change', 'docs', 'analysis' or 'ops'",
     );
     one_error(
-        &with(
-            with(legacy_base(), "/operation", json!("ops")),
-            "/target/repository",
-            json!(""),
-        ),
+        &with(with(legacy_base(), "/operation", json!("ops")), "/target/repository", json!("")),
         json!(["body", "target", "repository"]),
         "string_too_short",
         "String should have at least 1 character",
@@ -923,34 +693,19 @@ fn unknown_top_level_field_is_accepted_via_legacy_and_dropped() {
 #[test]
 fn unknown_target_field_is_accepted() {
     let spec = parse(&with(body(), "/target/branch", json!("dev")));
-    assert_eq!(
-        spec.target,
-        Target {
-            repo: "testorg/example-service".into(),
-            git_ref: "main".into(),
-            path: "".into()
-        }
-    );
+    assert_eq!(spec.target, Target { repo: "testorg/example-service".into(), git_ref: "main".into(), path: "".into() });
 }
 
 #[test]
 fn unknown_nested_keys_in_requested_by_and_constraints_are_dropped() {
-    let body = with(
-        with(body(), "/requested_by/email", json!("a@b.c")),
-        "/constraints/gpu",
-        json!(true),
-    );
+    let body = with(with(body(), "/requested_by/email", json!("a@b.c")), "/constraints/gpu", json!(true));
     assert_eq!(parse(&body), parse(&super::tests::body()));
 }
 
 #[test]
 fn canonical_model_forbids_unknown_fields_but_not_in_nested_free_objects() {
     let base = [LocPart::from("body")];
-    let body = with(
-        with(body(), "/bogus", json!(1)),
-        "/target/repository",
-        json!("x/y"),
-    );
+    let body = with(with(body(), "/bogus", json!(1)), "/target/repository", json!("x/y"));
     let body = with(body, "/requested_by/email", json!("a@b.c"));
     let errors: Vec<Value> = validate(&object(body.clone()), &base, Model::Canonical)
         .expect_err("canonical rejects")
@@ -1037,14 +792,8 @@ fn idempotency_key_limits() {
         "string_too_long",
         "String should have at most 256 characters",
     );
-    assert_eq!(
-        parse(&with(body(), "/idempotency_key", json!(null))).idempotency_key,
-        None
-    );
-    assert_eq!(
-        parse(&without(body(), "/idempotency_key")).idempotency_key,
-        None
-    );
+    assert_eq!(parse(&with(body(), "/idempotency_key", json!(null))).idempotency_key, None);
+    assert_eq!(parse(&without(body(), "/idempotency_key")).idempotency_key, None);
 }
 
 #[test]
@@ -1109,24 +858,14 @@ fn requested_by_checks() {
         "string_too_long",
         "String should have at most 128 characters",
     );
-    one_error(
-        &without(body(), "/requested_by/id"),
-        json!(["body", "requested_by", "id"]),
-        "missing",
-        "Field required",
-    );
+    one_error(&without(body(), "/requested_by/id"), json!(["body", "requested_by", "id"]), "missing", "Field required");
     one_error(
         &with(body(), "/requested_by", json!("alice")),
         json!(["body", "requested_by"]),
         "model_attributes_type",
         "Input should be a valid dictionary or object to extract fields from",
     );
-    assert_eq!(
-        parse(&with(body(), "/requested_by/label", json!(null)))
-            .requested_by
-            .label,
-        None
-    );
+    assert_eq!(parse(&with(body(), "/requested_by/label", json!(null))).requested_by.label, None);
 }
 
 #[test]
@@ -1148,12 +887,7 @@ fn string_lists_checked_per_item() {
 #[test]
 fn nul_characters_rejected_with_their_location() {
     let msg = "Value error, the NUL character (U+0000) is not allowed";
-    one_error(
-        &with(body(), "/objective", json!("Fix the\u{0} bug")),
-        json!(["body", "objective"]),
-        "value_error",
-        msg,
-    );
+    one_error(&with(body(), "/objective", json!("Fix the\u{0} bug")), json!(["body", "objective"]), "value_error", msg);
     one_error(
         &with(body(), "/inputs", json!({"files": ["a.py", "b\u{0}.py"]})),
         json!(["body", "inputs", "files", 1]),
@@ -1166,21 +900,12 @@ fn nul_characters_rejected_with_their_location() {
         "value_error",
         msg,
     );
-    one_error(
-        &with(body(), "/bogus", json!("\u{0}")),
-        json!(["body", "bogus"]),
-        "value_error",
-        msg,
-    );
+    one_error(&with(body(), "/bogus", json!("\u{0}")), json!(["body", "bogus"]), "value_error", msg);
 }
 
 #[test]
 fn canonical_json_round_trips() {
-    let body = with(
-        with(body(), "/acceptance_criteria", json!(["a", "b"])),
-        "/evidence_requirements",
-        json!(["c"]),
-    );
+    let body = with(with(body(), "/acceptance_criteria", json!(["a", "b"])), "/evidence_requirements", json!(["c"]));
     let spec = parse(&body);
     assert_eq!(
         spec.to_json(),
@@ -1216,10 +941,7 @@ fn fresh_ids() -> CwomIds {
 }
 
 fn now() -> chrono::DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
-        .single()
-        .expect("valid time")
-        + chrono::Duration::microseconds(123_456)
+    Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().expect("valid time") + chrono::Duration::microseconds(123_456)
 }
 
 fn cwom_for(body: Value) -> TaskCwom {
@@ -1320,50 +1042,27 @@ fn adapter_full_mapping() {
 #[test]
 fn adapter_reuses_existing_repo() {
     let spec = allowed(&parse(&body()), &testorg());
-    let cwom = task_to_cwom(
-        &spec,
-        "t",
-        now(),
-        fresh_ids(),
-        Some("01JEXISTING000000000000000"),
-    );
+    let cwom = task_to_cwom(&spec, "t", now(), fresh_ids(), Some("01JEXISTING000000000000000"));
     assert_eq!(cwom.repo, None);
     assert_eq!(cwom.ids.repo_id, "01JEXISTING000000000000000");
     assert_eq!(cwom.ids.issue_id, fresh_ids().issue_id);
-    assert_eq!(
-        cwom.issue["repo"],
-        json!({"kind": "Repo", "id": "01JEXISTING000000000000000", "role": null})
-    );
+    assert_eq!(cwom.issue["repo"], json!({"kind": "Repo", "id": "01JEXISTING000000000000000", "role": null}));
 }
 
 #[test]
 fn adapter_available_minutes_is_integer_division() {
     for (seconds, minutes) in [(120, 2), (30, 0), (900, 15), (119, 1), (86400, 1440)] {
-        let cwom = cwom_for(with(
-            body(),
-            "/constraints/time_budget_seconds",
-            json!(seconds),
-        ));
-        assert_eq!(
-            cwom.constraint_snapshot["constraints"]["time"]["available_minutes"],
-            json!(minutes),
-            "{seconds}s"
-        );
-        assert_eq!(
-            cwom.constraint_snapshot["meta"]["time_budget_seconds"],
-            json!(seconds)
-        );
+        let cwom = cwom_for(with(body(), "/constraints/time_budget_seconds", json!(seconds)));
+        assert_eq!(cwom.constraint_snapshot["constraints"]["time"]["available_minutes"], json!(minutes), "{seconds}s");
+        assert_eq!(cwom.constraint_snapshot["meta"]["time_budget_seconds"], json!(seconds));
     }
 }
 
 #[test]
 fn adapter_issue_types() {
-    for (operation, issue_type) in [
-        ("code_change", "feature"),
-        ("docs", "doc"),
-        ("analysis", "research"),
-        ("ops", "ops"),
-    ] {
+    for (operation, issue_type) in
+        [("code_change", "feature"), ("docs", "doc"), ("analysis", "research"), ("ops", "ops")]
+    {
         let cwom = cwom_for(minimal(operation, "testorg/r"));
         assert_eq!(cwom.issue["type"], json!(issue_type), "{operation}");
     }
@@ -1372,22 +1071,11 @@ fn adapter_issue_types() {
 #[test]
 fn adapter_titles() {
     let long = "é".repeat(250);
-    let cwom = cwom_for(with(
-        body(),
-        "/objective",
-        json!(format!("{long}\nsecond line")),
-    ));
+    let cwom = cwom_for(with(body(), "/objective", json!(format!("{long}\nsecond line"))));
     assert_eq!(cwom.issue["title"], json!("é".repeat(200)));
-    let cwom = cwom_for(with(
-        body(),
-        "/objective",
-        json!("First line\r\nSecond line"),
-    ));
+    let cwom = cwom_for(with(body(), "/objective", json!("First line\r\nSecond line")));
     assert_eq!(cwom.issue["title"], json!("First line"));
-    assert_eq!(
-        cwom.issue["description"],
-        json!("First line\r\nSecond line")
-    );
+    assert_eq!(cwom.issue["description"], json!("First line\r\nSecond line"));
     let cwom = cwom_for(with(body(), "/objective", json!("Single line objective")));
     assert_eq!(cwom.issue["title"], json!("Single line objective"));
 
@@ -1400,46 +1088,25 @@ fn adapter_titles() {
 
 #[test]
 fn adapter_acceptance_criteria_given() {
-    let cwom = cwom_for(with(
-        body(),
-        "/acceptance_criteria",
-        json!(["Returns 200", "Has a test"]),
-    ));
-    assert_eq!(
-        cwom.issue["acceptance"]["criteria"],
-        json!(["Returns 200", "Has a test"])
-    );
-    assert_eq!(
-        cwom.context_packet["meta"]["acceptance_criteria"],
-        json!(["Returns 200", "Has a test"])
-    );
+    let cwom = cwom_for(with(body(), "/acceptance_criteria", json!(["Returns 200", "Has a test"])));
+    assert_eq!(cwom.issue["acceptance"]["criteria"], json!(["Returns 200", "Has a test"]));
+    assert_eq!(cwom.context_packet["meta"]["acceptance_criteria"], json!(["Returns 200", "Has a test"]));
 }
 
 #[test]
 fn adapter_root_path_null_key_and_repo_name() {
     let cwom = cwom_for(without(without(body(), "/target/path"), "/idempotency_key"));
-    assert_eq!(
-        cwom.context_packet["assumptions"],
-        json!(["Target branch: main", "Working path: (root)"])
-    );
+    assert_eq!(cwom.context_packet["assumptions"], json!(["Target branch: main", "Working path: (root)"]));
     assert_eq!(cwom.context_packet["meta"]["task_path"], json!(""));
     assert_eq!(cwom.issue["meta"]["idempotency_key"], json!(null));
-    assert_eq!(
-        cwom.constraint_snapshot["meta"]["idempotency_key"],
-        json!(null)
-    );
+    assert_eq!(cwom.constraint_snapshot["meta"]["idempotency_key"], json!(null));
     let repo = cwom.repo.expect("new repo");
-    assert_eq!(
-        (&repo["name"], &repo["slug"]),
-        (&json!("example-service"), &json!("testorg/example-service"))
-    );
+    assert_eq!((&repo["name"], &repo["slug"]), (&json!("example-service"), &json!("testorg/example-service")));
 
     let mut spec = allowed(&parse(&body()), &testorg());
     spec.target.repo = "testorg/".to_owned();
     spec.target.git_ref = "b".repeat(200);
-    let repo = task_to_cwom(&spec, "t", now(), fresh_ids(), None)
-        .repo
-        .expect("new repo");
+    let repo = task_to_cwom(&spec, "t", now(), fresh_ids(), None).repo.expect("new repo");
     assert_eq!(repo["name"], json!("testorg/"));
     assert_eq!(repo["default_branch"], json!("b".repeat(128)));
 }
@@ -1461,8 +1128,5 @@ fn adapter_owner_without_label_and_risk_tolerance() {
     );
     spec.constraints.allow_secrets = true;
     let cwom = task_to_cwom(&spec, "t", now(), fresh_ids(), None);
-    assert_eq!(
-        cwom.constraint_snapshot["constraints"]["risk"]["tolerance"],
-        json!("high")
-    );
+    assert_eq!(cwom.constraint_snapshot["constraints"]["risk"]["tolerance"], json!("high"));
 }

@@ -1,0 +1,287 @@
+//! Worker use cases: claim due tasks exactly once per attempt, and append each later fact of an attempt (lease
+//! renewals, artifacts, the end) fenced by the task stream's version.
+//!
+//! A claim is one transaction: lock due rows of `task_queue` with `for update skip locked`, fold each task's
+//! stream, decide (`domain::task::run::decide_claim`), append `TaskClaimed` + `RunStarted` (+ the CWOM Run) with
+//! `ExpectedVersion::Exactly` through [`store::append_batch`] in the same transaction, apply the queue
+//! projection to the claimed rows inline, commit. Two claimers never lock the same row, and even a claimer
+//! working from a stale row cannot claim twice: the stream version decides. No transaction stays open while a
+//! handler runs: everything after the claim is a separate, fenced append ([`append_decision`]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, TimeDelta, Utc};
+use domain::event::{Action, EntityKind, NewEvent, StreamId};
+use domain::task::run::{decide_claim, Claim, ClaimDecision, CwomContext, ExecutorInfo, Refusal, TaskState};
+use projections::queue::{self, QueueProjection};
+use serde_json::Value;
+use sqlx::PgConnection;
+use store::{AppendError, Appended, ExpectedVersion, NewCommand, RecordedEvent};
+
+use crate::App;
+
+/// What a worker asks for when it claims.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub worker_id: &'a str,
+    /// At most this many tasks.
+    pub limit: usize,
+    pub lease: Duration,
+    /// Failed attempts allowed per task (an expired lease is one).
+    pub max_attempts: u32,
+    /// The absolute trace root: `trace_path` is `file://<root>/<task_id>`.
+    pub trace_root: Option<&'a Path>,
+    pub executor: &'a ExecutorInfo,
+    /// Caps every task's time budget.
+    pub max_time_budget: Option<Duration>,
+}
+
+/// A task this worker now holds.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub task_id: String,
+    pub trace_id: Option<String>,
+    pub attempt: u32,
+    pub run_id: String,
+    /// What the handler gets (`input.json`), exactly as recorded in `RunStarted`.
+    pub input: Value,
+    pub time_budget: Duration,
+    pub lease_expires_at: DateTime<Utc>,
+    /// The task's state after the claim: the base of every later decision about this attempt.
+    pub state: TaskState,
+    /// Position of the claim's last event.
+    pub position: i64,
+}
+
+/// What one claim transaction did.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimBatch {
+    /// The database's clock at the claim (workers keep their timestamps on it).
+    pub now: Option<DateTime<Utc>>,
+    pub claimed: Vec<ClaimedTask>,
+    /// Tasks whose worker died on their last allowed attempt: failed instead of claimed.
+    pub exhausted: usize,
+    /// Rows locked but refused (not due after all, leased, finished) or lost to a concurrent append.
+    pub skipped: usize,
+}
+
+/// Claims up to `request.limit` due tasks in one transaction.
+pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<ClaimBatch> {
+    // The queue must show what was enqueued: apply whatever the projector has not applied yet.
+    projections::runner::catch_up(app.pool(), &QueueProjection, app.upcasters()).await?;
+
+    let mut tx = app.pool().begin().await?;
+    let now = queue::database_now(&mut tx).await?;
+    let mut batch = ClaimBatch { now: Some(now), ..ClaimBatch::default() };
+    let task_ids = queue::lock_claimable(&mut tx, now, request.limit as i64).await?;
+    if task_ids.is_empty() {
+        tx.commit().await?;
+        return Ok(batch);
+    }
+    let lease = TimeDelta::from_std(request.lease).context("lease out of range")?;
+
+    struct Candidate {
+        state: TaskState,
+        run_id: String,
+        time_budget: Duration,
+        exhausted: bool,
+    }
+    let mut candidates = Vec::new();
+    let mut commands = Vec::new();
+    for task_id in &task_ids {
+        let stream = StreamId::new(EntityKind::Task, task_id);
+        let events = read_stream(&mut tx, app, &stream).await?;
+        let state = fold(task_id, &events)?;
+        let cwom = match &state.cwom_issue_id {
+            Some(issue_id) => cwom_context(&mut tx, app, issue_id).await?,
+            None => None,
+        };
+        let run_id = ulid::Ulid::new().to_string();
+        let mut time_budget = Duration::from_secs(u64::from(state.time_budget_seconds));
+        if let Some(cap) = request.max_time_budget {
+            time_budget = time_budget.min(cap);
+        }
+        let trace_path = request.trace_root.map(|root| projections::trace::file_uri(&root.join(task_id)));
+        let decision = decide_claim(
+            &state,
+            &Claim {
+                worker_id: request.worker_id,
+                now,
+                lease,
+                max_attempts: request.max_attempts,
+                run_id: &run_id,
+                trace_path: trace_path.as_deref(),
+                executor: request.executor,
+                time_budget_seconds: time_budget.as_secs_f64(),
+                cwom: cwom.as_ref(),
+            },
+        );
+        let (new_events, exhausted) = match decision {
+            Ok(ClaimDecision::Claimed(new_events)) => (new_events, false),
+            Ok(ClaimDecision::Exhausted(new_events)) => (new_events, true),
+            Err(refusal) => {
+                // The row was stale (the projector had not applied the stream's latest events yet): bring it up
+                // to date from the stream, so it stops coming back.
+                tracing::debug!(task_id, %refusal, "queue row not claimable");
+                queue::apply_inline(&mut tx, &events).await?;
+                batch.skipped += 1;
+                continue;
+            }
+        };
+        commands.push(NewCommand {
+            events: new_events,
+            expected: vec![(stream, ExpectedVersion::Exactly(state.version))],
+            idempotency_key: None,
+            trace_id: state.trace_id.clone(),
+            correlation_id: state.trace_id.clone(),
+            causation_id: None,
+        });
+        candidates.push(Candidate { state, run_id, time_budget, exhausted });
+    }
+    if commands.is_empty() {
+        tx.commit().await?;
+        return Ok(batch);
+    }
+
+    let results = store::append_batch(&mut tx, commands).await?;
+    for (candidate, result) in candidates.into_iter().zip(results) {
+        let appended = match result {
+            Ok(appended) => appended,
+            Err(AppendError::Conflict { .. }) => {
+                batch.skipped += 1;
+                continue;
+            }
+            Err(error) => return Err(anyhow::Error::from(error).context("append a claim")),
+        };
+        let task_events: Vec<RecordedEvent> =
+            appended.events.iter().filter(|event| event.stream.kind == EntityKind::Task).cloned().collect();
+        queue::apply_inline(&mut tx, &task_events).await?;
+        if candidate.exhausted {
+            batch.exhausted += 1;
+            continue;
+        }
+        let mut state = candidate.state;
+        for event in &task_events {
+            state.apply(event.stream_version, &event.event_type, &event.payload)?;
+        }
+        let started = task_events
+            .iter()
+            .find(|event| event.event_type == domain::task::lifecycle::events::RUN_STARTED)
+            .context("a claim starts a run")?;
+        let current = state.current.clone().context("a claimed task has a running attempt")?;
+        batch.claimed.push(ClaimedTask {
+            task_id: state.task_id.clone(),
+            trace_id: state.trace_id.clone(),
+            attempt: current.number,
+            run_id: candidate.run_id,
+            input: started.payload["input"].clone(),
+            time_budget: candidate.time_budget,
+            lease_expires_at: current.lease_expires_at,
+            position: appended.last_position(),
+            state,
+        });
+    }
+    tx.commit().await.context("commit the claim")?;
+    Ok(batch)
+}
+
+async fn read_stream(conn: &mut PgConnection, app: &App, stream: &StreamId) -> anyhow::Result<Vec<RecordedEvent>> {
+    Ok(store::read::read_stream(&mut *conn, stream, None)
+        .await?
+        .into_iter()
+        .map(|event| app.upcasters().upcast(event))
+        .collect())
+}
+
+fn fold(task_id: &str, events: &[RecordedEvent]) -> anyhow::Result<TaskState> {
+    TaskState::fold(
+        task_id,
+        events.iter().map(|event| (event.stream_version, event.event_type.as_str(), &event.payload)),
+    )
+    .with_context(|| format!("fold task {task_id}"))
+}
+
+/// The Issue's repo and status, and its latest ContextPacket and ConstraintSnapshot, folded from the log.
+async fn cwom_context(conn: &mut PgConnection, app: &App, issue_id: &str) -> anyhow::Result<Option<CwomContext>> {
+    let object = |kind: EntityKind, events: &[RecordedEvent]| {
+        domain::cwom::fold(kind, events.iter().map(|event| (event.action, &event.payload)))
+    };
+    let issue_events = read_stream(conn, app, &StreamId::new(EntityKind::Issue, issue_id)).await?;
+    let Some(issue) = object(EntityKind::Issue, &issue_events) else {
+        return Ok(None);
+    };
+    let last_linked = |kind: EntityKind| {
+        issue_events
+            .iter()
+            .rev()
+            .filter(|event| event.action == Action::Linked && event.payload["linked_kind"] == kind.as_str())
+            .find_map(|event| event.payload["linked_id"].as_str().map(str::to_owned))
+    };
+    let mut linked = Vec::new();
+    for kind in [EntityKind::ContextPacket, EntityKind::ConstraintSnapshot] {
+        linked.push(match last_linked(kind) {
+            Some(id) => object(kind, &read_stream(conn, app, &StreamId::new(kind, id)).await?),
+            None => None,
+        });
+    }
+    let constraint_snapshot = linked.pop().flatten();
+    let context_packet = linked.pop().flatten();
+    Ok(Some(CwomContext {
+        issue_id: issue_id.to_owned(),
+        repo: issue["repo"].clone(),
+        issue_status: issue["status"].as_str().unwrap_or("planned").to_owned(),
+        context_packet,
+        constraint_snapshot,
+    }))
+}
+
+/// A task's state, folded from its stream.
+pub async fn load_state(app: &App, task_id: &str) -> anyhow::Result<TaskState> {
+    let mut conn = app.pool().acquire().await?;
+    let events = read_stream(&mut conn, app, &StreamId::new(EntityKind::Task, task_id)).await?;
+    fold(task_id, &events)
+}
+
+/// How many times [`append_decision`] decides again after losing a race for the stream.
+const MAX_DECISION_ATTEMPTS: usize = 5;
+
+/// Decides on `state` and appends the events fenced by `state.version`; on a lost race, reloads the state and
+/// decides again (the decision refuses when the attempt is no longer the running one). On success `state` has
+/// folded the new events. The command carries `trace_id`, or else the task's trace id, and is correlated
+/// with the task's trace id.
+pub async fn append_decision(
+    app: &App,
+    state: &mut TaskState,
+    trace_id: Option<&str>,
+    decide: impl Fn(&TaskState) -> Result<Vec<NewEvent>, Refusal>,
+) -> anyhow::Result<Result<Appended, Refusal>> {
+    for _ in 0..MAX_DECISION_ATTEMPTS {
+        let new_events = match decide(state) {
+            Ok(new_events) => new_events,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let command = NewCommand {
+            events: new_events,
+            expected: vec![(StreamId::new(EntityKind::Task, &state.task_id), ExpectedVersion::Exactly(state.version))],
+            idempotency_key: None,
+            trace_id: trace_id.map(str::to_owned).or_else(|| state.trace_id.clone()),
+            correlation_id: state.trace_id.clone(),
+            causation_id: None,
+        };
+        match app.store().append(command).await {
+            Ok(appended) => {
+                for event in appended.events.iter().filter(|event| event.stream.kind == EntityKind::Task) {
+                    state.apply(event.stream_version, &event.event_type, &event.payload)?;
+                }
+                return Ok(Ok(appended));
+            }
+            Err(AppendError::Conflict { .. }) => {
+                *state = load_state(app, &state.task_id).await?;
+            }
+            Err(error) => return Err(anyhow::Error::from(error).context("append a task decision")),
+        }
+    }
+    anyhow::bail!("task {} kept changing under {MAX_DECISION_ATTEMPTS} decisions in a row", state.task_id)
+}

@@ -1,1 +1,0 @@
-//! The jct binary: up, serve, worker, migrate, projections, audit, bench

@@ -1,0 +1,358 @@
+//! The `cwom` read model: the seven core CWOM kinds (one table each, the GET shape in `document`) and the six
+//! link tables, folded from every CWOM stream by the generic event contract, and the queries `/cwom` reads.
+//!
+//! The contract (also in `projections/README.md` and [`domain::cwom`]): on a Repo, Issue, ContextPacket,
+//! ConstraintSnapshot, DoctrineRef, Run or Artifact stream, an event whose `action` is
+//! - `created` inserts `payload.object` (the full GET shape), whatever the event type;
+//! - `updated` or `status_changed` merges `payload.changes` (changed top-level fields) into the document;
+//! - `linked` (Issue, Run, ContextPacket streams) records `payload.linked_kind` / `payload.linked_id` in its link
+//!   table and appends `{"kind", "id"}` to the owner's list field where the GET shape has one.
+//!
+//! Anything else, and any event that does not fit (a payload without an object, a link to an unknown kind), is
+//! ignored, so no writer can stop the projection. Apply reads only the event: no clock, no randomness.
+
+use std::collections::HashSet;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use domain::event::{Action, EntityKind};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use store::RecordedEvent;
+
+use crate::Projection;
+
+/// Folds CWOM streams into the `cwom_*` tables.
+pub struct CwomProjection;
+
+impl CwomProjection {
+    pub const NAME: &'static str = "cwom";
+    pub const VERSION: i32 = 1;
+}
+
+/// The statements of one object table.
+struct Statements {
+    insert: &'static str,
+    update: &'static str,
+    select: &'static str,
+}
+
+macro_rules! statements {
+    ($key:literal) => {
+        Statements {
+            insert: include_str!(concat!("../../../projections/cwom/insert_", $key, ".sql")),
+            update: include_str!(concat!("../../../projections/cwom/update_", $key, ".sql")),
+            select: include_str!(concat!("../../../projections/cwom/select_", $key, ".sql")),
+        }
+    };
+}
+
+fn statements(kind: EntityKind) -> Option<Statements> {
+    Some(match kind {
+        EntityKind::Repo => statements!("repo"),
+        EntityKind::Issue => statements!("issue"),
+        EntityKind::ContextPacket => statements!("context_packet"),
+        EntityKind::ConstraintSnapshot => statements!("constraint_snapshot"),
+        EntityKind::DoctrineRef => statements!("doctrine_ref"),
+        EntityKind::Run => statements!("run"),
+        EntityKind::Artifact => statements!("artifact"),
+        EntityKind::Task => return None,
+    })
+}
+
+/// The statement recording a link from `owner` to `linked` (the six link tables).
+fn link_statement(owner: EntityKind, linked: EntityKind) -> Option<&'static str> {
+    use EntityKind::{ConstraintSnapshot, ContextPacket, DoctrineRef, Issue, Run};
+    Some(match (owner, linked) {
+        (Issue, ContextPacket) => {
+            include_str!("../../../projections/cwom/link_issue_context_packet.sql")
+        }
+        (Issue, ConstraintSnapshot) => {
+            include_str!("../../../projections/cwom/link_issue_constraint_snapshot.sql")
+        }
+        (Issue, DoctrineRef) => include_str!("../../../projections/cwom/link_issue_doctrine_ref.sql"),
+        (ContextPacket, DoctrineRef) => {
+            include_str!("../../../projections/cwom/link_context_packet_doctrine_ref.sql")
+        }
+        (Run, ContextPacket) => include_str!("../../../projections/cwom/link_run_context_packet.sql"),
+        (Run, DoctrineRef) => include_str!("../../../projections/cwom/link_run_doctrine_ref.sql"),
+        _ => return None,
+    })
+}
+
+#[async_trait]
+impl Projection for CwomProjection {
+    fn name(&self) -> &'static str {
+        CwomProjection::NAME
+    }
+
+    fn version(&self) -> i32 {
+        CwomProjection::VERSION
+    }
+
+    fn schema(&self) -> &'static str {
+        include_str!("../../../projections/cwom/schema.sql")
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {
+        let kind = event.stream.kind;
+        let Some(statements) = statements(kind) else {
+            return Ok(());
+        };
+        let id = &event.stream.id;
+        match event.action {
+            Action::Created => {
+                let Some(object) = event.payload.get("object").filter(|object| object.is_object()) else {
+                    tracing::warn!(
+                        position = event.position,
+                        "a created event on {} has no payload.object; ignored",
+                        event.stream
+                    );
+                    return Ok(());
+                };
+                sqlx::query(statements.insert)
+                    .bind(id)
+                    .bind(object)
+                    .bind(event.position)
+                    .execute(conn)
+                    .await
+                    .with_context(|| format!("insert {}", event.stream))?;
+            }
+            Action::Updated | Action::StatusChanged => {
+                let Some(changes) = event.payload.get("changes").filter(|changes| changes.is_object()) else {
+                    tracing::warn!(
+                        position = event.position,
+                        "a change event on {} has no payload.changes; ignored",
+                        event.stream
+                    );
+                    return Ok(());
+                };
+                sqlx::query(statements.update)
+                    .bind(id)
+                    .bind(changes)
+                    .execute(conn)
+                    .await
+                    .with_context(|| format!("update {}", event.stream))?;
+            }
+            Action::Linked => {
+                let linked_kind = event.payload.get("linked_kind").and_then(Value::as_str).and_then(EntityKind::parse);
+                let linked_id = event.payload.get("linked_id").and_then(Value::as_str);
+                let (Some(linked_kind), Some(linked_id)) = (linked_kind, linked_id) else {
+                    return Ok(());
+                };
+                let Some(statement) = link_statement(kind, linked_kind) else {
+                    return Ok(());
+                };
+                sqlx::query(statement)
+                    .bind(id)
+                    .bind(linked_id)
+                    .bind(event.ts)
+                    .bind(event.position)
+                    .execute(conn)
+                    .await
+                    .with_context(|| format!("link {} to {linked_kind}:{linked_id}", event.stream))?;
+            }
+            Action::Unlinked | Action::Deleted => {}
+        }
+        Ok(())
+    }
+}
+
+/// One object's GET shape, or `None`. `kind` must be a CWOM kind.
+pub async fn get<'c>(executor: impl PgExecutor<'c>, kind: EntityKind, id: &str) -> anyhow::Result<Option<Value>> {
+    let statements = statements(kind).with_context(|| format!("{kind} is not a CWOM kind"))?;
+    sqlx::query_scalar(statements.select)
+        .bind(id)
+        .fetch_optional(executor)
+        .await
+        .with_context(|| format!("read {kind} {id}"))
+}
+
+/// Which of `objects` exist.
+pub async fn existing<'c>(
+    executor: impl PgExecutor<'c>,
+    objects: &[(EntityKind, String)],
+) -> anyhow::Result<HashSet<(EntityKind, String)>> {
+    if objects.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let kinds: Vec<&str> = objects.iter().map(|(kind, _)| kind.as_str()).collect();
+    let ids: Vec<&str> = objects.iter().map(|(_, id)| id.as_str()).collect();
+    let rows: Vec<(String, String)> = sqlx::query_as(include_str!("../../../projections/cwom/existing.sql"))
+        .bind(&kinds)
+        .bind(&ids)
+        .fetch_all(executor)
+        .await
+        .context("look up CWOM objects")?;
+    Ok(rows.into_iter().filter_map(|(kind, id)| EntityKind::parse(&kind).map(|kind| (kind, id))).collect())
+}
+
+/// A page of a list: `limit` rows after skipping `offset`.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// `GET /cwom/repos` filters.
+#[derive(Debug, Clone, Default)]
+pub struct RepoFilter {
+    pub visibility: Option<String>,
+}
+
+/// Repos, newest first.
+pub async fn list_repos<'c>(
+    executor: impl PgExecutor<'c>,
+    filter: &RepoFilter,
+    page: Page,
+) -> anyhow::Result<Vec<Value>> {
+    sqlx::query_scalar(include_str!("../../../projections/cwom/list_repos.sql"))
+        .bind(&filter.visibility)
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(executor)
+        .await
+        .context("list repos")
+}
+
+/// `GET /cwom/issues` filters.
+#[derive(Debug, Clone, Default)]
+pub struct IssueFilter {
+    pub repo_id: Option<String>,
+    pub status: Option<String>,
+    pub issue_type: Option<String>,
+    pub priority: Option<String>,
+}
+
+/// Issues, newest first.
+pub async fn list_issues<'c>(
+    executor: impl PgExecutor<'c>,
+    filter: &IssueFilter,
+    page: Page,
+) -> anyhow::Result<Vec<Value>> {
+    sqlx::query_scalar(include_str!("../../../projections/cwom/list_issues.sql"))
+        .bind(&filter.repo_id)
+        .bind(&filter.status)
+        .bind(&filter.issue_type)
+        .bind(&filter.priority)
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(executor)
+        .await
+        .context("list issues")
+}
+
+/// The ContextPackets made for an issue, newest first.
+pub async fn list_context_packets<'c>(
+    executor: impl PgExecutor<'c>,
+    issue_id: &str,
+    page: Page,
+) -> anyhow::Result<Vec<Value>> {
+    sqlx::query_scalar(include_str!("../../../projections/cwom/list_context_packets.sql"))
+        .bind(issue_id)
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(executor)
+        .await
+        .context("list context packets")
+}
+
+/// `GET /cwom/constraint-snapshots` filters.
+#[derive(Debug, Clone, Default)]
+pub struct ConstraintSnapshotFilter {
+    pub scope: Option<String>,
+    pub owner_id: Option<String>,
+}
+
+/// ConstraintSnapshots, newest first.
+pub async fn list_constraint_snapshots<'c>(
+    executor: impl PgExecutor<'c>,
+    filter: &ConstraintSnapshotFilter,
+    page: Page,
+) -> anyhow::Result<Vec<Value>> {
+    sqlx::query_scalar(include_str!("../../../projections/cwom/list_constraint_snapshots.sql"))
+        .bind(&filter.scope)
+        .bind(&filter.owner_id)
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(executor)
+        .await
+        .context("list constraint snapshots")
+}
+
+/// `GET /cwom/doctrine-refs` filters.
+#[derive(Debug, Clone, Default)]
+pub struct DoctrineRefFilter {
+    pub namespace: Option<String>,
+    pub doctrine_type: Option<String>,
+    pub priority: Option<String>,
+}
+
+/// DoctrineRefs by namespace, then name.
+pub async fn list_doctrine_refs<'c>(
+    executor: impl PgExecutor<'c>,
+    filter: &DoctrineRefFilter,
+    page: Page,
+) -> anyhow::Result<Vec<Value>> {
+    sqlx::query_scalar(include_str!("../../../projections/cwom/list_doctrine_refs.sql"))
+        .bind(&filter.namespace)
+        .bind(&filter.doctrine_type)
+        .bind(&filter.priority)
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(executor)
+        .await
+        .context("list doctrine refs")
+}
+
+/// `GET /cwom/runs` filters.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub issue_id: Option<String>,
+    pub repo_id: Option<String>,
+    pub status: Option<String>,
+    pub mode: Option<String>,
+}
+
+/// Runs, newest first.
+pub async fn list_runs<'c>(
+    executor: impl PgExecutor<'c>,
+    filter: &RunFilter,
+    page: Page,
+) -> anyhow::Result<Vec<Value>> {
+    sqlx::query_scalar(include_str!("../../../projections/cwom/list_runs.sql"))
+        .bind(&filter.issue_id)
+        .bind(&filter.repo_id)
+        .bind(&filter.status)
+        .bind(&filter.mode)
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(executor)
+        .await
+        .context("list runs")
+}
+
+/// Artifact filters: of a run, of an issue, of a type.
+#[derive(Debug, Clone, Default)]
+pub struct ArtifactFilter {
+    pub run_id: Option<String>,
+    pub issue_id: Option<String>,
+    pub artifact_type: Option<String>,
+}
+
+/// Artifacts, newest first.
+pub async fn list_artifacts<'c>(
+    executor: impl PgExecutor<'c>,
+    filter: &ArtifactFilter,
+    page: Page,
+) -> anyhow::Result<Vec<Value>> {
+    sqlx::query_scalar(include_str!("../../../projections/cwom/list_artifacts.sql"))
+        .bind(&filter.run_id)
+        .bind(&filter.issue_id)
+        .bind(&filter.artifact_type)
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(executor)
+        .await
+        .context("list artifacts")
+}

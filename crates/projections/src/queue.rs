@@ -1,0 +1,258 @@
+//! The `task_queue` read model: queued and leased tasks only, the hot table workers claim from.
+//!
+//! Each row reflects its task's stream up to `version`, and [`QueueProjection::apply`] ignores an event the row
+//! already reflects. A row depends on its own stream only, so the claim transaction may apply its own events
+//! inline (consistency: the next claimer sees the lease at once) and the runner applies them again later
+//! without effect; a rebuild from the log gives the same rows.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::event::EntityKind;
+use domain::task::lifecycle::events;
+use domain::task::run::{TaskClaimed, TaskLeaseRenewed, TaskReleased, TaskRetryScheduled};
+use serde::Deserialize as _;
+use sqlx::PgConnection;
+use store::RecordedEvent;
+
+use crate::Projection;
+
+/// Folds task events into `task_queue`.
+pub struct QueueProjection;
+
+impl QueueProjection {
+    pub const NAME: &'static str = "task_queue";
+    pub const VERSION: i32 = 1;
+}
+
+#[async_trait]
+impl Projection for QueueProjection {
+    fn name(&self) -> &'static str {
+        QueueProjection::NAME
+    }
+
+    fn version(&self) -> i32 {
+        QueueProjection::VERSION
+    }
+
+    fn schema(&self) -> &'static str {
+        include_str!("../../../projections/task_queue/schema.sql")
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {
+        let task_id = &event.stream.id;
+        match effect(event)? {
+            Effect::Enqueued(row) => {
+                sqlx::query(include_str!("../../../projections/task_queue/insert_queued.sql"))
+                    .bind(task_id)
+                    .bind(row.due_at)
+                    .bind(event.stream_version)
+                    .execute(conn)
+                    .await
+                    .context("insert a queued task")?;
+            }
+            Effect::Set(row) => {
+                sqlx::query(include_str!("../../../projections/task_queue/update_row.sql"))
+                    .bind(task_id)
+                    .bind(row.state)
+                    .bind(row.due_at)
+                    .bind(row.attempt)
+                    .bind(row.worker_id)
+                    .bind(event.stream_version)
+                    .execute(conn)
+                    .await
+                    .context("update a queue row")?;
+            }
+            Effect::Leave => {
+                sqlx::query(include_str!("../../../projections/task_queue/delete_row.sql"))
+                    .bind(task_id)
+                    .execute(conn)
+                    .await
+                    .context("remove a finished task from the queue")?;
+            }
+            Effect::None => {}
+        }
+        Ok(())
+    }
+
+    /// Set-based: each task's rows after the batch, written with at most three statements.
+    async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        #[derive(Default)]
+        struct Pending {
+            enqueued: bool,
+            leaves: bool,
+            row: Option<(Row, i32)>,
+        }
+        let mut order: Vec<&str> = Vec::new();
+        let mut pending: HashMap<&str, Pending> = HashMap::new();
+        for event in events {
+            let effect = effect(event)?;
+            if matches!(effect, Effect::None) {
+                continue;
+            }
+            let task_id = event.stream.id.as_str();
+            let entry = pending.entry(task_id).or_insert_with(|| {
+                order.push(task_id);
+                Pending::default()
+            });
+            match effect {
+                Effect::Enqueued(row) => {
+                    *entry = Pending { enqueued: true, leaves: false, row: Some((row, event.stream_version)) };
+                }
+                Effect::Set(row) => entry.row = Some((row, event.stream_version)),
+                Effect::Leave => *entry = Pending { enqueued: false, leaves: true, row: None },
+                Effect::None => {}
+            }
+        }
+        let mut leaving = Vec::new();
+        let (mut upserts, mut updates) = (Rows::default(), Rows::default());
+        for task_id in order {
+            let entry = &pending[task_id];
+            match (&entry.row, entry.enqueued) {
+                _ if entry.leaves => leaving.push(task_id.to_owned()),
+                (Some((row, version)), true) => upserts.push(task_id, row, *version),
+                (Some((row, version)), false) => updates.push(task_id, row, *version),
+                (None, _) => {}
+            }
+        }
+        if !leaving.is_empty() {
+            sqlx::query(include_str!("../../../projections/task_queue/delete_rows.sql"))
+                .bind(&leaving)
+                .execute(&mut *conn)
+                .await
+                .context("remove finished tasks from the queue")?;
+        }
+        upserts.write(conn, include_str!("../../../projections/task_queue/upsert_rows.sql")).await?;
+        updates.write(conn, include_str!("../../../projections/task_queue/update_rows.sql")).await?;
+        Ok(())
+    }
+}
+
+/// A queue row's content.
+struct Row {
+    state: &'static str,
+    due_at: DateTime<Utc>,
+    attempt: i32,
+    worker_id: Option<String>,
+}
+
+impl Row {
+    fn leased(until: DateTime<Utc>, attempt: u32, worker_id: String) -> Row {
+        Row { state: "leased", due_at: until, attempt: attempt as i32, worker_id: Some(worker_id) }
+    }
+
+    fn queued(due_at: DateTime<Utc>, attempt: u32) -> Row {
+        Row { state: "queued", due_at, attempt: attempt as i32, worker_id: None }
+    }
+}
+
+/// What one event does to its task's row.
+enum Effect {
+    /// The task enters the queue (`TaskEnqueued`).
+    Enqueued(Row),
+    /// The row becomes this (claims, renewals, retries, releases).
+    Set(Row),
+    /// The task leaves the queue (completed, failed, cancelled).
+    Leave,
+    None,
+}
+
+fn effect(event: &RecordedEvent) -> anyhow::Result<Effect> {
+    if event.stream.kind != EntityKind::Task {
+        return Ok(Effect::None);
+    }
+    let payload = &event.payload;
+    Ok(match event.event_type.as_str() {
+        events::TASK_ENQUEUED => {
+            let queued_at: DateTime<Utc> = payload["queued_at"]
+                .as_str()
+                .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+                .map_or(event.ts, |ts| ts.with_timezone(&Utc));
+            Effect::Enqueued(Row::queued(queued_at, 0))
+        }
+        events::TASK_CLAIMED => {
+            let claimed = TaskClaimed::deserialize(payload)?;
+            Effect::Set(Row::leased(claimed.lease_expires_at, claimed.attempt, claimed.worker_id))
+        }
+        events::TASK_LEASE_RENEWED => {
+            let renewed = TaskLeaseRenewed::deserialize(payload)?;
+            Effect::Set(Row::leased(renewed.lease_expires_at, renewed.attempt, renewed.worker_id))
+        }
+        events::TASK_RETRY_SCHEDULED => {
+            let retry = TaskRetryScheduled::deserialize(payload)?;
+            Effect::Set(Row::queued(retry.retry_at, retry.attempt))
+        }
+        events::TASK_RELEASED => {
+            let released = TaskReleased::deserialize(payload)?;
+            Effect::Set(Row::queued(released.released_at, released.attempt))
+        }
+        events::TASK_COMPLETED | events::TASK_FAILED | events::TASK_CANCELLED => Effect::Leave,
+        _ => Effect::None,
+    })
+}
+
+/// Column arrays of rows to write with one statement.
+#[derive(Default)]
+struct Rows {
+    task_id: Vec<String>,
+    state: Vec<&'static str>,
+    due_at: Vec<DateTime<Utc>>,
+    attempt: Vec<i32>,
+    worker_id: Vec<Option<String>>,
+    version: Vec<i32>,
+}
+
+impl Rows {
+    fn push(&mut self, task_id: &str, row: &Row, version: i32) {
+        self.task_id.push(task_id.to_owned());
+        self.state.push(row.state);
+        self.due_at.push(row.due_at);
+        self.attempt.push(row.attempt);
+        self.worker_id.push(row.worker_id.clone());
+        self.version.push(version);
+    }
+
+    async fn write(self, conn: &mut PgConnection, statement: &'static str) -> anyhow::Result<()> {
+        if self.task_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(statement)
+            .bind(&self.task_id)
+            .bind(&self.state)
+            .bind(&self.due_at)
+            .bind(&self.attempt)
+            .bind(&self.worker_id)
+            .bind(&self.version)
+            .execute(conn)
+            .await
+            .context("write queue rows")?;
+        Ok(())
+    }
+}
+
+/// The database's clock (`clock_timestamp()`): claims decide on it, so leases mean the same on every host.
+pub async fn database_now(conn: &mut PgConnection) -> anyhow::Result<DateTime<Utc>> {
+    let now: DateTime<Utc> =
+        sqlx::query_scalar("select clock_timestamp()").fetch_one(conn).await.context("read the clock")?;
+    // Microseconds, as the log stores them.
+    Ok(DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now))
+}
+
+/// Up to `limit` tasks claimable at `now` (queued and due, or under an expired lease), locked `for update skip
+/// locked` in the caller's transaction, oldest due first.
+pub async fn lock_claimable(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<String>> {
+    sqlx::query_scalar(include_str!("../../../projections/task_queue/claimable.sql"))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+        .context("lock claimable tasks")
+}
+
+/// Applies events of one task stream to its row (inline, in the caller's transaction). Events the row already
+/// reflects change nothing.
+pub async fn apply_inline(conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    QueueProjection.apply_batch(conn, events).await
+}

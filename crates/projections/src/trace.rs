@@ -1,0 +1,634 @@
+//! Trace folders: `<root>/<task_id>/` with `input.json`, `log.txt`, `output.json`, `events.jsonl` and
+//! `artifacts/`, projected from each executed task's stream and the content-addressed blobs its events name.
+//!
+//! **Why a [`Projection`]** (and not a separate runner): a trace folder is a pure function of its task's stream
+//! (plus blobs, which never change once written), so `apply` can re-render the whole folder from the stream
+//! whenever the task changes. Re-rendering is idempotent, which is all the runner needs from a projection that
+//! writes outside its transaction: a crash between writing the files and committing the checkpoint re-applies
+//! the event and writes the same bytes again. So the trace folders get the runner's checkpoint in
+//! `projection_checkpoints`, its NOTIFY/poll loop, `jct projections status`, and `rebuild` (which re-renders
+//! every folder from the log) for free. It has no tables (its schema is a no-op); its "rows" are files.
+//!
+//! To keep the work per task small, `apply` renders a folder only at the stream's latest event: when a later
+//! event of the same task is already in the log, the runner will apply that one too (positions are gapless and
+//! applied in order), so rendering now would be overwritten anyway. Events before the first `TaskClaimed`
+//! render nothing: a task cancelled while queued never executed and has no folder.
+//!
+//! **Determinism**: every byte comes from the events (including their recorded timestamps, positions and
+//! hashes) and from blobs addressed by SHA-256, never from the clock or the filesystem's state. Deleting the
+//! trace root and rebuilding reproduces every file byte for byte. Each file is written atomically (a temporary
+//! file in the same directory, then `rename`).
+//!
+//! **Blobs** ([`BlobStore`]): the worker stores each handler log and artifact under
+//! `<blob root>/sha256/<hex>` before appending the event that names it (`log_digest`, `digest`). The blob root
+//! defaults to `<trace root>/.blobs`; it is the projection's input, like the log, so a rebuild that deletes
+//! the trace root must keep it (or the blob root must live elsewhere). A missing blob renders as a one-line
+//! notice rather than failing the projection.
+
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use domain::event::EntityKind;
+use domain::task::lifecycle::{events, format_ts};
+use domain::task::run;
+use serde::Deserialize as _;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use sqlx::PgConnection;
+use store::RecordedEvent;
+
+use crate::Projection;
+
+/// `file://` URI of a local absolute path.
+pub fn file_uri(path: &Path) -> String {
+    format!("file://{}", path.display())
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then `rename`. Creates the
+/// parent directories.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("a path without a parent"))?;
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let written = std::fs::File::create(&temp).and_then(|mut file| file.write_all(bytes));
+    match written.and_then(|()| std::fs::rename(&temp, path)) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(error)
+        }
+    }
+}
+
+/// Content-addressed storage of handler logs and artifacts: `<root>/sha256/<hex>`, written once, never changed.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+/// A stored blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    pub size_bytes: u64,
+}
+
+impl BlobStore {
+    pub fn new(root: impl Into<PathBuf>) -> BlobStore {
+        BlobStore { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob with `digest` lives; `None` for a digest that is not `sha256:<64 hex>`.
+    pub fn path(&self, digest: &str) -> Option<PathBuf> {
+        let hex = digest.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|byte| byte.is_ascii_hexdigit()))
+            .then(|| self.root.join("sha256").join(hex.to_ascii_lowercase()))
+    }
+
+    /// Stores `bytes` (a no-op when that content is stored already).
+    pub fn put(&self, bytes: &[u8]) -> std::io::Result<Blob> {
+        let digest = sha256_digest(bytes);
+        let path = self.path(&digest).expect("a sha256 digest");
+        if !path.exists() {
+            write_atomic(&path, bytes)?;
+        }
+        Ok(Blob { digest, size_bytes: bytes.len() as u64 })
+    }
+
+    /// Stores the file at `source`, hashing it while copying (large artifacts never sit in memory).
+    pub fn put_file(&self, source: &Path) -> std::io::Result<Blob> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = self.root.join("sha256");
+        std::fs::create_dir_all(&dir)?;
+        let temp = dir.join(format!(".incoming-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let result = (|| {
+            let mut input = std::fs::File::open(source)?;
+            let mut output = std::fs::File::create(&temp)?;
+            let mut hasher = Sha256::new();
+            let mut buffer = vec![0_u8; 64 * 1024];
+            let mut size_bytes = 0_u64;
+            loop {
+                let n = input.read(&mut buffer)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buffer[..n]);
+                output.write_all(&buffer[..n])?;
+                size_bytes += n as u64;
+            }
+            let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+            let path = self.path(&digest).expect("a sha256 digest");
+            if path.exists() {
+                std::fs::remove_file(&temp)?;
+            } else {
+                std::fs::rename(&temp, &path)?;
+            }
+            Ok(Blob { digest, size_bytes })
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+
+    /// The content of a blob, if it is stored.
+    pub fn get(&self, digest: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.path(digest)?).ok()
+    }
+}
+
+/// The trace folders under one root.
+pub struct TraceProjection {
+    root: PathBuf,
+    blobs: BlobStore,
+}
+
+impl TraceProjection {
+    pub const NAME: &'static str = "trace_folders";
+    pub const VERSION: i32 = 1;
+
+    /// Folders under `root` (absolute, so the URIs in events name it), blobs under `blob_root`.
+    pub fn new(root: impl Into<PathBuf>, blob_root: impl Into<PathBuf>) -> TraceProjection {
+        TraceProjection { root: root.into(), blobs: BlobStore::new(blob_root) }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The folder of a task.
+    pub fn folder(&self, task_id: &str) -> PathBuf {
+        self.root.join(task_id)
+    }
+}
+
+#[async_trait]
+impl Projection for TraceProjection {
+    fn name(&self) -> &'static str {
+        TraceProjection::NAME
+    }
+
+    fn version(&self) -> i32 {
+        TraceProjection::VERSION
+    }
+
+    fn schema(&self) -> &'static str {
+        // No tables: the folders are files.
+        "select 1"
+    }
+
+    fn writes_outside_the_database(&self) -> bool {
+        true
+    }
+
+    /// A folder depends on its whole stream, so a batch renders each task it touches once, at its last event.
+    async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        let mut last: Vec<&RecordedEvent> = Vec::new();
+        for event in events.iter().rev() {
+            if event.stream.kind == EntityKind::Task && seen.insert(&event.stream) {
+                last.push(event);
+            }
+        }
+        // Streams are read in order on the connection; folders (independent files) are written in parallel.
+        let mut writers = tokio::task::JoinSet::new();
+        for event in last.into_iter().rev() {
+            let Some(stream) = self.stream_to_render(conn, event).await? else { continue };
+            while writers.len() >= PARALLEL_WRITERS {
+                writers.join_next().await.expect("not empty").context("the trace writer panicked")??;
+            }
+            let (folder, blobs) = (self.folder(&event.stream.id), self.blobs.clone());
+            writers.spawn_blocking(move || write_folder(&folder, &stream, &blobs));
+        }
+        while let Some(written) = writers.join_next().await {
+            written.context("the trace writer panicked")??;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {
+        let Some(stream) = self.stream_to_render(conn, event).await? else { return Ok(()) };
+        let (folder, blobs) = (self.folder(&event.stream.id), self.blobs.clone());
+        tokio::task::spawn_blocking(move || write_folder(&folder, &stream, &blobs))
+            .await
+            .context("the trace writer panicked")?
+    }
+}
+
+/// How many folders a batch writes at once.
+const PARALLEL_WRITERS: usize = 4;
+
+impl TraceProjection {
+    /// The task stream to render for `event`, or `None`: not a task event, not at the stream's latest event (a
+    /// later event will render it), or a task that never ran.
+    async fn stream_to_render(
+        &self,
+        conn: &mut PgConnection,
+        event: &RecordedEvent,
+    ) -> anyhow::Result<Option<Vec<RecordedEvent>>> {
+        if event.stream.kind != EntityKind::Task
+            || matches!(event.event_type.as_str(), events::TASK_CREATED | events::TASK_ENQUEUED)
+        {
+            return Ok(None);
+        }
+        if !is_safe_name(&event.stream.id) {
+            tracing::warn!(task_id = %event.stream.id, "not a safe folder name; no trace folder");
+            return Ok(None);
+        }
+        let stream = store::read::read_stream(&mut *conn, &event.stream, None).await?;
+        if stream.last().is_some_and(|last| last.stream_version > event.stream_version) {
+            return Ok(None);
+        }
+        if !stream.iter().any(|event| event.event_type == events::TASK_CLAIMED) {
+            return Ok(None);
+        }
+        Ok(Some(stream))
+    }
+}
+
+/// Renders a task's folder and writes the files that changed, each atomically.
+fn write_folder(folder: &Path, stream: &[RecordedEvent], blobs: &BlobStore) -> anyhow::Result<()> {
+    for (relative, bytes) in render(stream, &|digest| blobs.get(digest)) {
+        let path = folder.join(&relative);
+        // Unchanged files stay as they are (input.json and artifacts never change once written).
+        let unchanged = std::fs::metadata(&path).is_ok_and(|meta| meta.len() == bytes.len() as u64)
+            && std::fs::read(&path).is_ok_and(|existing| existing == bytes);
+        if !unchanged {
+            write_atomic(&path, &bytes).with_context(|| format!("write {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Registers the projection's checkpoint (it has no tables). A checkpoint of another version starts over from
+/// position 0: every folder is rendered again by the new code. (`runner::install` would do the same through a
+/// shadow rebuild; this is the lighter path for a projection without tables.)
+pub async fn install(pool: &sqlx::PgPool, projection: &TraceProjection) -> anyhow::Result<()> {
+    sqlx::query(
+        "insert into projection_checkpoints (name, version, position) values ($1, $2, 0) \
+         on conflict (name) do update set version = excluded.version, position = 0, updated_at = now() \
+         where projection_checkpoints.version < excluded.version",
+    )
+    .bind(projection.name())
+    .bind(projection.version())
+    .execute(pool)
+    .await
+    .context("register the trace_folders checkpoint")?;
+    Ok(())
+}
+
+/// A task id fit to be a folder name: ASCII letters, digits, `-` and `_`.
+fn is_safe_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+}
+
+/// A relative artifact path with only normal components (no `..`, no root).
+pub fn is_safe_relative_path(path: &str) -> bool {
+    let path = Path::new(path);
+    !path.as_os_str().is_empty() && path.components().all(|component| matches!(component, Component::Normal(_)))
+}
+
+fn pretty(value: &Value) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec_pretty(value).expect("JSON values serialise");
+    bytes.push(b'\n');
+    bytes
+}
+
+/// One attempt as `output.json` shows it.
+struct AttemptView {
+    attempt: u32,
+    run_id: String,
+    worker_id: String,
+    claimed_at: String,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+    outcome: &'static str,
+    error: Option<String>,
+    duration_s: Option<f64>,
+    log_digest: Option<String>,
+    artifacts: Vec<Value>,
+}
+
+impl AttemptView {
+    fn to_json(&self) -> Value {
+        json!({
+            "attempt": self.attempt,
+            "run_id": self.run_id,
+            "worker_id": self.worker_id,
+            "claimed_at": self.claimed_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "outcome": self.outcome,
+            "error": self.error,
+            "duration_s": self.duration_s,
+            "log_digest": self.log_digest,
+            "artifacts": self.artifacts,
+        })
+    }
+}
+
+/// The files of a task's trace folder from its stream: `(path relative to the folder, bytes)`. Pure: the same
+/// events and blobs give the same bytes.
+pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut log = String::new();
+    let mut events_jsonl = String::new();
+    let mut attempts: Vec<AttemptView> = Vec::new();
+    let mut input = Value::Null;
+    let mut task = Value::Null;
+    let mut status = "pending";
+    let mut outputs = Value::Null;
+    let mut error: Option<String> = None;
+    let mut queued_at: Option<String> = None;
+    let mut completed_at: Option<String> = None;
+    let mut artifact_files: Vec<(String, String)> = Vec::new();
+
+    let log_blob = |log: &mut String, digest: &Option<String>| {
+        if let Some(digest) = digest {
+            match blob(digest) {
+                Some(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes);
+                    log.push_str(&text);
+                    if !text.is_empty() && !text.ends_with('\n') {
+                        log.push('\n');
+                    }
+                }
+                None => {
+                    let _ = writeln!(log, "[handler log {digest} is not in the blob store]");
+                }
+            }
+        }
+    };
+
+    for event in stream {
+        events_jsonl.push_str(&event.to_json().to_string());
+        events_jsonl.push('\n');
+        let at = format_ts(event.ts);
+        let payload = &event.payload;
+        let current = |attempts: &[AttemptView], number: u32| -> Option<usize> {
+            attempts.iter().rposition(|view| view.attempt == number)
+        };
+        match event.event_type.as_str() {
+            events::TASK_CREATED => {
+                task = payload["task"].clone();
+                let _ = writeln!(log, "[{at}] task created");
+            }
+            events::TASK_ENQUEUED => {
+                status = "queued";
+                queued_at = payload["queued_at"].as_str().map(str::to_owned);
+                let _ = writeln!(log, "[{at}] task queued");
+            }
+            events::TASK_CLAIMED => {
+                let Ok(claimed) = run::TaskClaimed::deserialize(payload) else { continue };
+                status = "running";
+                let _ = writeln!(
+                    log,
+                    "[{at}] attempt {}: claimed by {} (lease until {})",
+                    claimed.attempt,
+                    claimed.worker_id,
+                    format_ts(claimed.lease_expires_at)
+                );
+                attempts.push(AttemptView {
+                    attempt: claimed.attempt,
+                    run_id: claimed.run_id,
+                    worker_id: claimed.worker_id,
+                    claimed_at: format_ts(claimed.claimed_at),
+                    started_at: None,
+                    ended_at: None,
+                    outcome: "running",
+                    error: None,
+                    duration_s: None,
+                    log_digest: None,
+                    artifacts: Vec::new(),
+                });
+            }
+            events::RUN_STARTED => {
+                let Ok(started) = run::RunStarted::deserialize(payload) else { continue };
+                let _ = writeln!(
+                    log,
+                    "[{at}] attempt {}: run {} started with executor {} {} (time budget {} s)",
+                    started.attempt,
+                    started.run_id,
+                    started.executor.kind,
+                    started.executor.version,
+                    started.time_budget_seconds
+                );
+                input = started.input;
+                if let Some(index) = current(&attempts, started.attempt) {
+                    attempts[index].started_at = Some(format_ts(started.started_at));
+                }
+            }
+            events::TASK_LEASE_RENEWED => {
+                let Ok(renewed) = run::TaskLeaseRenewed::deserialize(payload) else { continue };
+                let _ = writeln!(
+                    log,
+                    "[{at}] attempt {}: lease renewed until {}",
+                    renewed.attempt,
+                    format_ts(renewed.lease_expires_at)
+                );
+            }
+            events::ARTIFACT_PRODUCED => {
+                let Ok(artifact) = run::ArtifactProduced::deserialize(payload) else { continue };
+                let _ = writeln!(
+                    log,
+                    "[{at}] attempt {}: artifact {} ({}, {} bytes)",
+                    artifact.attempt, artifact.path, artifact.digest, artifact.size_bytes
+                );
+                if is_safe_relative_path(&artifact.path) {
+                    artifact_files.push((artifact.path.clone(), artifact.digest.clone()));
+                }
+                if let Some(index) = current(&attempts, artifact.attempt) {
+                    attempts[index].artifacts.push(json!({
+                        "artifact_id": artifact.artifact_id,
+                        "path": artifact.path,
+                        "uri": artifact.uri,
+                        "digest": artifact.digest,
+                        "size_bytes": artifact.size_bytes,
+                        "media_type": artifact.media_type,
+                        "type": artifact.artifact_type,
+                        "title": artifact.title,
+                    }));
+                }
+            }
+            events::TASK_COMPLETED => {
+                let Ok(completed) = run::TaskCompleted::deserialize(payload) else { continue };
+                log_blob(&mut log, &completed.log_digest);
+                let _ = writeln!(log, "[{at}] attempt {}: completed in {} s", completed.attempt, completed.duration_s);
+                status = "completed";
+                outputs = completed.outputs.clone();
+                error = None;
+                completed_at = Some(format_ts(completed.completed_at));
+                if let Some(index) = current(&attempts, completed.attempt) {
+                    let view = &mut attempts[index];
+                    view.outcome = "completed";
+                    view.ended_at = Some(format_ts(completed.completed_at));
+                    view.duration_s = Some(completed.duration_s);
+                    view.log_digest = completed.log_digest;
+                }
+            }
+            events::TASK_TIMED_OUT => {
+                let Ok(timed_out) = run::TaskTimedOut::deserialize(payload) else { continue };
+                log_blob(&mut log, &timed_out.log_digest);
+                let _ = writeln!(
+                    log,
+                    "[{at}] attempt {}: timed out after {} s (time budget {} s); handler stopped",
+                    timed_out.attempt, timed_out.duration_s, timed_out.time_budget_seconds
+                );
+                if let Some(index) = current(&attempts, timed_out.attempt) {
+                    let view = &mut attempts[index];
+                    view.outcome = "timed_out";
+                    view.ended_at = Some(format_ts(timed_out.timed_out_at));
+                    view.duration_s = Some(timed_out.duration_s);
+                    view.log_digest = timed_out.log_digest;
+                }
+            }
+            events::TASK_RETRY_SCHEDULED => {
+                let Ok(retry) = run::TaskRetryScheduled::deserialize(payload) else { continue };
+                let index = current(&attempts, retry.attempt);
+                let timed_out = index.is_some_and(|index| attempts[index].outcome == "timed_out");
+                if !timed_out {
+                    log_blob(&mut log, &retry.log_digest);
+                }
+                let _ = writeln!(
+                    log,
+                    "[{at}] attempt {}: failed: {}; attempt {} at {}",
+                    retry.attempt,
+                    retry.error,
+                    retry.next_attempt,
+                    format_ts(retry.retry_at)
+                );
+                status = "queued";
+                error = Some(retry.error.clone());
+                if let (Some(index), false) = (index, timed_out) {
+                    let view = &mut attempts[index];
+                    view.outcome = "failed";
+                    view.ended_at = Some(format_ts(retry.failed_at));
+                    view.duration_s = retry.duration_s;
+                    view.log_digest = retry.log_digest;
+                }
+                if let Some(index) = index {
+                    attempts[index].error = Some(retry.error);
+                }
+            }
+            events::TASK_FAILED => {
+                let Ok(failed) = run::TaskFailed::deserialize(payload) else { continue };
+                let index = current(&attempts, failed.attempt);
+                let ended = index.is_some_and(|index| attempts[index].outcome != "running");
+                if !ended {
+                    log_blob(&mut log, &failed.log_digest);
+                }
+                let _ = writeln!(log, "[{at}] attempt {}: failed: {}; the task failed", failed.attempt, failed.error);
+                status = "failed";
+                error = Some(failed.error.clone());
+                completed_at = Some(format_ts(failed.failed_at));
+                if let (Some(index), false) = (index, ended) {
+                    let view = &mut attempts[index];
+                    view.outcome = "failed";
+                    view.ended_at = Some(format_ts(failed.failed_at));
+                    view.duration_s = failed.duration_s;
+                    view.log_digest = failed.log_digest;
+                }
+                if let Some(index) = index {
+                    attempts[index].error = Some(failed.error);
+                }
+            }
+            events::TASK_LEASE_EXPIRED => {
+                let Ok(expired) = run::TaskLeaseExpired::deserialize(payload) else { continue };
+                let _ = writeln!(
+                    log,
+                    "[{at}] attempt {}: lease of {} expired at {} (worker presumed dead; found by {})",
+                    expired.attempt,
+                    expired.worker_id,
+                    format_ts(expired.lease_expires_at),
+                    expired.detected_by
+                );
+                if let Some(index) = current(&attempts, expired.attempt) {
+                    let view = &mut attempts[index];
+                    view.outcome = "lease_expired";
+                    view.ended_at = Some(format_ts(expired.detected_at));
+                }
+            }
+            events::TASK_RELEASED => {
+                let Ok(released) = run::TaskReleased::deserialize(payload) else { continue };
+                log_blob(&mut log, &released.log_digest);
+                let _ = writeln!(
+                    log,
+                    "[{at}] attempt {}: released unfinished by {}: {}",
+                    released.attempt, released.worker_id, released.reason
+                );
+                status = "queued";
+                if let Some(index) = current(&attempts, released.attempt) {
+                    let view = &mut attempts[index];
+                    view.outcome = "released";
+                    view.ended_at = Some(format_ts(released.released_at));
+                    view.duration_s = Some(released.duration_s);
+                    view.log_digest = released.log_digest;
+                }
+            }
+            events::TASK_CANCELLED => {
+                let Ok(cancelled) = run::TaskCancelled::deserialize(payload) else { continue };
+                let reason = cancelled.reason.as_deref().map(|reason| format!(": {reason}")).unwrap_or_default();
+                let _ =
+                    writeln!(log, "[{at}] task cancelled by {} {}{reason}", event.actor_kind.as_str(), event.actor_id);
+                status = "cancelled";
+                completed_at = Some(format_ts(cancelled.cancelled_at));
+                if let Some(index) = cancelled.attempt.and_then(|attempt| current(&attempts, attempt)) {
+                    let view = &mut attempts[index];
+                    view.outcome = "cancelled";
+                    view.ended_at = Some(format_ts(cancelled.cancelled_at));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let last = attempts.last();
+    let started_at = attempts.first().map(|first| first.claimed_at.clone());
+    let output = json!({
+        "task_id": stream.first().map(|event| event.stream.id.clone()),
+        "trace_id": task["trace_id"],
+        "status": status,
+        "attempt": last.map(|view| view.attempt),
+        "outputs": outputs,
+        "error": error,
+        "artifacts": last.map(|view| view.artifacts.clone()).unwrap_or_default(),
+        "timing": {
+            "queued_at": queued_at,
+            "started_at": started_at,
+            "completed_at": completed_at,
+        },
+        "attempts": attempts.iter().map(AttemptView::to_json).collect::<Vec<_>>(),
+    });
+
+    files.push((PathBuf::from("input.json"), pretty(&input)));
+    files.push((PathBuf::from("log.txt"), log.into_bytes()));
+    files.push((PathBuf::from("output.json"), pretty(&output)));
+    files.push((PathBuf::from("events.jsonl"), events_jsonl.into_bytes()));
+    for (path, digest) in artifact_files {
+        match blob(&digest) {
+            Some(bytes) => files.push((Path::new("artifacts").join(path), bytes)),
+            None => tracing::warn!(%digest, "artifact blob missing; not copied into the trace folder"),
+        }
+    }
+    files
+}

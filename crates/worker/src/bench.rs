@@ -1,0 +1,419 @@
+//! `jct bench worker`: figures for the worker, printed, never asserted on.
+//!
+//! - **Wake latency**, from the commit of `TaskEnqueued` to `RunStarted`, p50/p99/max: idle (one task at a time)
+//!   and under a steady enqueue rate (default 300 tasks/s). Measured on the log: the difference of the two
+//!   events' `ts`, which each appending transaction sets just before it commits (same clock, same machine).
+//! - **End-to-end throughput** with the stub at zero simulated work: a backlog of tasks enqueued first, then
+//!   one worker process (this one) and the projectors run until every task is completed and every read model
+//!   and the trace folders have applied the last completion.
+//! - **Worker overhead per task**: tasks run one at a time through [`crate::process_one`] (claim transaction,
+//!   stub handler, blobs, the fenced end append), wall time per task, without projections.
+//!
+//! Tasks are enqueued through `app::tasks::enqueue` (the use case behind `POST /tasks/enqueue`, with its CWOM
+//! objects by default), in-process. Run it on a scratch database: it leaves thousands of tasks behind.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use app::App;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::WorkerConfig;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Wake-latency samples with an idle worker.
+    pub idle_samples: usize,
+    /// The steady enqueue rate of the loaded measurement, tasks per second.
+    pub load_rate: f64,
+    /// How long the loaded measurement enqueues.
+    pub load_duration: Duration,
+    /// Size of the backlog of the throughput measurement.
+    pub throughput_tasks: usize,
+    /// Tasks of the overhead measurement.
+    pub overhead_tasks: usize,
+    /// The worker's concurrency.
+    pub concurrency: usize,
+    /// Create the four CWOM objects with each task (the API's default).
+    pub create_cwom: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> BenchOptions {
+        BenchOptions {
+            idle_samples: 200,
+            load_rate: 300.0,
+            load_duration: Duration::from_secs(10),
+            throughput_tasks: 5000,
+            overhead_tasks: 500,
+            concurrency: 16,
+            create_cwom: true,
+        }
+    }
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Latency {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Latency {
+            samples: histogram.len(),
+            p50_ms: ms(histogram.value_at_quantile(0.50)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            max_ms: ms(histogram.max()),
+        }
+    }
+}
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+            self.p50_ms, self.p99_ms, self.max_ms, self.samples
+        )
+    }
+}
+
+/// The figures.
+#[derive(Debug, Clone, Default)]
+pub struct BenchReport {
+    pub wake_idle: Latency,
+    pub wake_loaded: Latency,
+    /// The enqueue rate actually reached during the loaded measurement.
+    pub loaded_rate: f64,
+    pub throughput_tasks: usize,
+    pub throughput_seconds: f64,
+    pub tasks_per_second: f64,
+    pub overhead_tasks: usize,
+    pub overhead_ms_per_task: f64,
+    pub concurrency: usize,
+    pub create_cwom: bool,
+    /// The worker alone on a backlog of the same size (no projector, no trace folders).
+    pub worker_alone_tasks_per_second: f64,
+    /// Seconds each projection then took to catch up on that backlog's events.
+    pub catch_up: Vec<(String, f64)>,
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "worker (stub handler, zero simulated work, concurrency {}, create_cwom={})",
+            self.concurrency, self.create_cwom
+        )?;
+        writeln!(f, "  wake latency TaskEnqueued -> RunStarted, idle:              {}", self.wake_idle)?;
+        writeln!(
+            f,
+            "  wake latency TaskEnqueued -> RunStarted, at {:>5.0} tasks/s: {}",
+            self.loaded_rate, self.wake_loaded
+        )?;
+        writeln!(
+            f,
+            "  end to end (read models and trace folders included): {} tasks in {:.2} s = {:.0} tasks/s",
+            self.throughput_tasks, self.throughput_seconds, self.tasks_per_second
+        )?;
+        writeln!(
+            f,
+            "  the worker alone (no projector, no trace folders) on the same backlog: {:.0} tasks/s",
+            self.worker_alone_tasks_per_second
+        )?;
+        for (name, seconds) in &self.catch_up {
+            writeln!(
+                f,
+                "    then {name} caught up in {seconds:.2} s ({:.0} tasks/s)",
+                self.throughput_tasks as f64 / seconds.max(1e-9)
+            )?;
+        }
+        write!(
+            f,
+            "  worker overhead per task (one at a time: claim, handler, blobs, end; no projections): {:.2} ms ({} tasks)",
+            self.overhead_ms_per_task, self.overhead_tasks
+        )
+    }
+}
+
+/// Runs every measurement on `pool` (a migrated scratch database) and returns the figures.
+pub async fn bench_worker(pool: &PgPool, options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let config = app::Config { policy: domain::task::PolicyConfig::from_prefixes("bench/"), ..app::Config::default() };
+    let app = App::start(pool.clone(), config).await?;
+    let dir = std::env::temp_dir().join(format!("jct-bench-worker-{}", ulid::Ulid::new()));
+    let worker_config = WorkerConfig {
+        worker_id: "bench-worker".into(),
+        concurrency: options.concurrency,
+        trace_root: dir.join("traces"),
+        scratch_root: Some(dir.join("scratch")),
+        ..WorkerConfig::default()
+    };
+    let result = measure(&app, &worker_config, options).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn measure(app: &App, config: &WorkerConfig, options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let mut report =
+        BenchReport { concurrency: options.concurrency, create_cwom: options.create_cwom, ..BenchReport::default() };
+
+    // Overhead: one at a time, no background worker, no projector.
+    let backlog = enqueue_many(app, options.overhead_tasks, 16, options.create_cwom).await?;
+    let began = Instant::now();
+    let mut done = 0;
+    while done < backlog.len() {
+        match crate::process_one(app, config).await? {
+            crate::Outcome::Idle => anyhow::bail!("the overhead backlog ran dry after {done} tasks"),
+            _ => done += 1,
+        }
+    }
+    report.overhead_tasks = done;
+    report.overhead_ms_per_task = began.elapsed().as_secs_f64() * 1000.0 / done.max(1) as f64;
+    catch_up_all(app, config).await?;
+
+    // The worker alone (no projector, no trace folders), then each projection catching up on what it did.
+    let backlog = enqueue_many(app, options.throughput_tasks, 16, options.create_cwom).await?;
+    catch_up_all(app, config).await?;
+    let start = store::read::head_position(app.pool()).await?;
+    let alone = WorkerConfig { project_traces: false, ..config.clone() };
+    let stop = CancellationToken::new();
+    let worker = {
+        let (app, alone, stop) = (app.clone(), alone.clone(), stop.clone());
+        tokio::spawn(async move { crate::run(app, alone, async move { stop.cancelled().await }).await })
+    };
+    let began = Instant::now();
+    wait_completed(app, start, backlog.len(), Duration::from_secs(600)).await?;
+    report.worker_alone_tasks_per_second = backlog.len() as f64 / began.elapsed().as_secs_f64();
+    stop.cancel();
+    worker.await.context("the worker panicked")??;
+    for projection in app.projections() {
+        let began = Instant::now();
+        projections::runner::catch_up(app.pool(), projection.as_ref(), app.upcasters()).await?;
+        report.catch_up.push((projection.name().to_owned(), began.elapsed().as_secs_f64()));
+    }
+    let began = Instant::now();
+    crate::project_traces(app, config).await?;
+    report.catch_up.push((projections::trace::TraceProjection::NAME.to_owned(), began.elapsed().as_secs_f64()));
+
+    // Throughput: a backlog, then the worker and the projectors, until everything has been applied.
+    let backlog = enqueue_many(app, options.throughput_tasks, 16, options.create_cwom).await?;
+    catch_up_all(app, config).await?;
+    let start = store::read::head_position(app.pool()).await?;
+    let background = Background::start(app, config);
+    let began = Instant::now();
+    wait_completed(app, start, backlog.len(), Duration::from_secs(600)).await?;
+    let last = store::read::head_position(app.pool()).await?;
+    wait_checkpoints(app, last, Duration::from_secs(600)).await?;
+    report.throughput_tasks = backlog.len();
+    report.throughput_seconds = began.elapsed().as_secs_f64();
+    report.tasks_per_second = backlog.len() as f64 / report.throughput_seconds;
+
+    // Idle wake latency: one task at a time, the worker waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut idle = Vec::new();
+    for _ in 0..options.idle_samples {
+        let start = store::read::head_position(app.pool()).await?;
+        let task_id = enqueue_one(app, options.create_cwom).await?;
+        wait_started(app, start, 1, Duration::from_secs(30)).await?;
+        idle.push(task_id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    report.wake_idle = Latency::of(&wake_latencies(app.pool(), &idle).await?);
+
+    // Loaded wake latency: a steady enqueue rate.
+    let start = store::read::head_position(app.pool()).await?;
+    let interval = Duration::from_secs_f64(1.0 / options.load_rate.max(1.0));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let began = Instant::now();
+    let mut enqueues = tokio::task::JoinSet::new();
+    while began.elapsed() < options.load_duration {
+        ticker.tick().await;
+        let app = app.clone();
+        let create_cwom = options.create_cwom;
+        enqueues.spawn(async move { enqueue_one(&app, create_cwom).await });
+    }
+    let mut loaded = Vec::new();
+    while let Some(task_id) = enqueues.join_next().await {
+        loaded.push(task_id.context("enqueue task panicked")??);
+    }
+    report.loaded_rate = loaded.len() as f64 / began.elapsed().as_secs_f64();
+    wait_started(app, start, loaded.len(), Duration::from_secs(120)).await?;
+    report.wake_loaded = Latency::of(&wake_latencies(app.pool(), &loaded).await?);
+
+    background.stop().await;
+    Ok(report)
+}
+
+/// The worker and the projectors, in the background.
+struct Background {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(app: &App, config: &WorkerConfig) -> Background {
+        let stop = CancellationToken::new();
+        let worker = {
+            let (app, config, stop) = (app.clone(), config.clone(), stop.clone());
+            tokio::spawn(async move {
+                if let Err(error) = crate::run(app, config, async move { stop.cancelled().await }).await {
+                    tracing::error!("bench worker failed: {error:#}");
+                }
+            })
+        };
+        let projector = {
+            let (app, stop) = (app.clone(), stop.clone());
+            tokio::spawn(projections::runner::run(
+                app.pool().clone(),
+                app.projections().to_vec(),
+                app.upcasters().clone(),
+                Duration::from_secs(1),
+                async move { stop.cancelled().await },
+            ))
+        };
+        Background { stop, tasks: vec![worker, projector] }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn task_body(create_cwom: bool) -> serde_json::Value {
+    json!({
+        "requested_by": {"kind": "agent", "id": "bench"},
+        "objective": "Benchmark the worker with the stub handler",
+        "operation": "analysis",
+        "target": {"repo": "bench/worker"},
+        "inputs": {"create_cwom": create_cwom},
+    })
+}
+
+async fn enqueue_one(app: &App, create_cwom: bool) -> anyhow::Result<String> {
+    let request = app::tasks::EnqueueRequest {
+        body: task_body(create_cwom),
+        create_cwom,
+        trace_id: format!("bench-{}", ulid::Ulid::new()),
+    };
+    match app::tasks::enqueue(app, request).await.map_err(|error| anyhow::anyhow!("enqueue: {error}"))? {
+        app::tasks::EnqueueOutcome::Created { task, .. } => {
+            Ok(task["task_id"].as_str().context("a task id")?.to_owned())
+        }
+        app::tasks::EnqueueOutcome::Duplicate { .. } => anyhow::bail!("a bench task without a key was a duplicate"),
+    }
+}
+
+async fn enqueue_many(app: &App, n: usize, concurrency: usize, create_cwom: bool) -> anyhow::Result<Vec<String>> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (app, next) = (app.clone(), next.clone());
+        clients.spawn(async move {
+            let mut ids = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                ids.push(enqueue_one(&app, create_cwom).await?);
+            }
+            anyhow::Ok(ids)
+        });
+    }
+    let mut ids = Vec::with_capacity(n);
+    while let Some(joined) = clients.join_next().await {
+        ids.extend(joined.context("an enqueue client panicked")??);
+    }
+    Ok(ids)
+}
+
+/// Applies every read model and the trace folders up to the head.
+async fn catch_up_all(app: &App, config: &WorkerConfig) -> anyhow::Result<()> {
+    for projection in app.projections() {
+        projections::runner::catch_up(app.pool(), projection.as_ref(), app.upcasters()).await?;
+    }
+    crate::project_traces(app, config).await?;
+    Ok(())
+}
+
+/// How many of `event_type` were appended after `after`.
+async fn count_since(pool: &PgPool, event_type: &str, after: i64) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("select count(*) from audit_log where event_type = $1 and position > $2")
+        .bind(event_type)
+        .bind(after)
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Waits until `expected` events of `event_type` were appended after `after`, checking on every notification.
+async fn wait_for_count(
+    app: &App,
+    event_type: &str,
+    after: i64,
+    expected: usize,
+    timeout: Duration,
+    pause: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut wakeup = store::Wakeup::new(app.pool().clone(), pause).await;
+    while count_since(app.pool(), event_type, after).await? < expected as i64 {
+        anyhow::ensure!(Instant::now() < deadline, "{expected} {event_type} not seen within {timeout:?}");
+        wakeup.wait().await;
+        wakeup.drain().await;
+    }
+    Ok(())
+}
+
+async fn wait_started(app: &App, after: i64, expected: usize, timeout: Duration) -> anyhow::Result<()> {
+    let event_type = domain::task::lifecycle::events::RUN_STARTED;
+    wait_for_count(app, event_type, after, expected, timeout, Duration::from_millis(5)).await
+}
+
+async fn wait_completed(app: &App, after: i64, expected: usize, timeout: Duration) -> anyhow::Result<()> {
+    let event_type = domain::task::lifecycle::events::TASK_COMPLETED;
+    wait_for_count(app, event_type, after, expected, timeout, Duration::from_millis(100)).await
+}
+
+/// Waits until every read model and the trace folders have applied `position`.
+async fn wait_checkpoints(app: &App, position: i64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut names: Vec<&str> = app.projections().iter().map(|projection| projection.name()).collect();
+    names.push(projections::trace::TraceProjection::NAME);
+    for name in names {
+        while projections::runner::checkpoint(app.pool(), name).await? < position {
+            anyhow::ensure!(Instant::now() < deadline, "{name} did not reach {position} within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(())
+}
+
+/// `RunStarted.ts - TaskEnqueued.ts` of each task, in microseconds.
+async fn wake_latencies(pool: &PgPool, task_ids: &[String]) -> anyhow::Result<Histogram<u64>> {
+    let micros: Vec<i64> = sqlx::query_scalar(
+        "select (extract(epoch from (r.ts - e.ts)) * 1000000)::bigint \
+           from audit_log e \
+           join audit_log r on r.entity_kind = 'Task' and r.entity_id = e.entity_id and r.event_type = 'RunStarted' \
+          where e.entity_kind = 'Task' and e.event_type = 'TaskEnqueued' and e.entity_id = any($1)",
+    )
+    .bind(task_ids)
+    .fetch_all(pool)
+    .await
+    .context("read wake latencies")?;
+    let mut histogram = Histogram::new_with_bounds(1, 600_000_000, 3)?;
+    for value in micros {
+        histogram.record(value.max(1) as u64)?;
+    }
+    Ok(histogram)
+}

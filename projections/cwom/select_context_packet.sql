@@ -1,0 +1,2 @@
+-- GET a ContextPacket by id.
+select document from cwom_context_packets where id = $1

@@ -1,0 +1,2 @@
+-- GET a Repo by id.
+select document from cwom_repos where id = $1

@@ -1,0 +1,2 @@
+-- GET a Run by id.
+select document from cwom_runs where id = $1

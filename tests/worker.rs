@@ -280,6 +280,16 @@ async fn the_stub_completes_a_task_and_the_tasks_cwom_and_trace_projections_show
         .map(|line| serde_json::from_str::<Value>(line).unwrap()["event_type"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(types, stream_types(&test, &task_id).await);
+
+    // Worker claims and outcomes on /metrics.
+    let metrics = test.client.get("/metrics").send().await.0.into_body().into_string().await.unwrap();
+    for line in [
+        "jct_worker_events_total{event_type=\"TaskClaimed\"} 1",
+        "jct_worker_events_total{event_type=\"TaskCompleted\"} 1",
+        "jct_tasks{status=\"completed\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]

@@ -29,7 +29,8 @@ pub async fn database_metrics(app: &App) -> anyhow::Result<String> {
     writeln!(text, "# TYPE jct_worker_events_total counter")?;
     let counts: Vec<(String, i64)> = sqlx::query_as(
         "select event_type, count(*) from audit_log \
-         where event_type in ('TaskClaimed', 'TaskFailed', 'TaskRetryScheduled', 'TaskTimedOut', 'TaskCompleted') \
+         where event_type in ('TaskClaimed', 'TaskFailed', 'TaskRetryScheduled', 'TaskTimedOut', 'TaskCompleted', \
+                              'TaskLeaseExpired', 'TaskReleased', 'TaskCancelled') \
          group by event_type order by event_type",
     )
     .fetch_all(app.pool())

@@ -15,12 +15,15 @@ use anyhow::Context as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use domain::event::{Action, EntityKind, NewEvent, StreamId};
 use domain::task::run::{decide_claim, Claim, ClaimDecision, CwomContext, ExecutorInfo, Refusal, TaskState};
-use projections::queue::{self, QueueProjection};
+use projections::queue;
 use serde_json::Value;
 use sqlx::PgConnection;
 use store::{AppendError, Appended, ExpectedVersion, NewCommand, RecordedEvent};
 
 use crate::App;
+
+/// How long a claim waits for another applier of the queue projection before claiming from the rows as they are.
+const CATCH_UP_PATIENCE: Duration = Duration::from_millis(50);
 
 /// What a worker asks for when it claims.
 #[derive(Debug, Clone)]
@@ -70,7 +73,7 @@ pub struct ClaimBatch {
 /// Claims up to `request.limit` due tasks in one transaction.
 pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<ClaimBatch> {
     // The queue must show what was enqueued: apply whatever the projector has not applied yet.
-    projections::runner::catch_up(app.pool(), &QueueProjection, app.upcasters()).await?;
+    queue::catch_up_for_claim(app.pool(), app.upcasters(), CATCH_UP_PATIENCE).await?;
 
     let mut tx = app.pool().begin().await?;
     let now = queue::database_now(&mut tx).await?;
@@ -90,14 +93,9 @@ pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<Clai
     }
     let mut candidates = Vec::new();
     let mut commands = Vec::new();
-    for task_id in &task_ids {
+    for (task_id, loaded) in task_ids.iter().zip(load_candidates(app, &task_ids).await?) {
+        let Loaded { events, state, cwom } = loaded;
         let stream = StreamId::new(EntityKind::Task, task_id);
-        let events = read_stream(&mut tx, app, &stream).await?;
-        let state = fold(task_id, &events)?;
-        let cwom = match &state.cwom_issue_id {
-            Some(issue_id) => cwom_context(&mut tx, app, issue_id).await?,
-            None => None,
-        };
         let run_id = ulid::Ulid::new().to_string();
         let mut time_budget = Duration::from_secs(u64::from(state.time_budget_seconds));
         if let Some(cap) = request.max_time_budget {
@@ -185,6 +183,43 @@ pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<Clai
     }
     tx.commit().await.context("commit the claim")?;
     Ok(batch)
+}
+
+/// A locked candidate's stream, state and CWOM context.
+struct Loaded {
+    events: Vec<RecordedEvent>,
+    state: TaskState,
+    cwom: Option<CwomContext>,
+}
+
+/// How many candidates are read at once (each on a pooled connection of its own).
+const PARALLEL_READS: usize = 4;
+
+/// Reads the candidates' streams and CWOM context, a few at a time, outside the claim transaction (events are
+/// immutable; the claim's expected stream versions catch any change since), so the transaction is short.
+async fn load_candidates(app: &App, task_ids: &[String]) -> anyhow::Result<Vec<Loaded>> {
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_READS));
+    let mut reads = tokio::task::JoinSet::new();
+    for (index, task_id) in task_ids.iter().enumerate() {
+        let (app, task_id, permits) = (app.clone(), task_id.clone(), permits.clone());
+        reads.spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            let mut conn = app.pool().acquire().await?;
+            let events = read_stream(&mut conn, &app, &StreamId::new(EntityKind::Task, &task_id)).await?;
+            let state = fold(&task_id, &events)?;
+            let cwom = match &state.cwom_issue_id {
+                Some(issue_id) => cwom_context(&mut conn, &app, issue_id).await?,
+                None => None,
+            };
+            anyhow::Ok((index, Loaded { events, state, cwom }))
+        });
+    }
+    let mut loaded: Vec<Option<Loaded>> = task_ids.iter().map(|_| None).collect();
+    while let Some(read) = reads.join_next().await {
+        let (index, candidate) = read.context("a candidate read panicked")??;
+        loaded[index] = Some(candidate);
+    }
+    Ok(loaded.into_iter().map(|candidate| candidate.expect("every candidate read")).collect())
 }
 
 async fn read_stream(conn: &mut PgConnection, app: &App, stream: &StreamId) -> anyhow::Result<Vec<RecordedEvent>> {

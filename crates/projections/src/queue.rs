@@ -232,6 +232,128 @@ impl Rows {
     }
 }
 
+/// Catches the queue up with the log for a claimer, without queueing behind another applier for long: the
+/// checkpoint lock is awaited at most `patience` (an applier applying a few events, such as an enqueue's
+/// read-your-writes wait, is done by then; a projector applying a large batch is not, and the claimer goes on
+/// with the rows as they are). Same transaction discipline as `runner::apply_batch` (the checkpoint moves with
+/// the rows), but it fetches only the task events the queue folds: it scans a stretch of positions (all of them
+/// visible, since appends commit in position order), applies the events of interest in it, and moves the
+/// checkpoint to the end of the stretch. Returns how many events were applied.
+pub async fn catch_up_for_claim(
+    pool: &sqlx::PgPool,
+    upcasters: &store::Upcasters,
+    patience: std::time::Duration,
+) -> anyhow::Result<usize> {
+    let mut applied = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        sqlx::query(&format!("set local lock_timeout = '{}ms'", patience.as_millis().max(1)))
+            .execute(&mut *tx)
+            .await?;
+        let row: Option<(i32, i64)> =
+            match sqlx::query_as("select version, position from projection_checkpoints where name = $1 for update")
+                .bind(QueueProjection::NAME)
+                .fetch_optional(&mut *tx)
+                .await
+            {
+                Ok(row) => row,
+                // 55P03 lock_not_available: another applier is at work.
+                Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("55P03") => return Ok(applied),
+                Err(error) => return Err(error).context("lock the task_queue checkpoint"),
+            };
+        let Some((version, position)) = row else { return Ok(applied) };
+        if version != QueueProjection::VERSION {
+            return Ok(applied);
+        }
+        sqlx::query("set local lock_timeout = 0").execute(&mut *tx).await?;
+        // Only the events the queue folds are fetched (not the large payloads of runs and CWOM objects); the
+        // checkpoint moves to the end of the stretch scanned, every position of which was visible.
+        let end: Option<i64> = sqlx::query_scalar(include_str!("../../../projections/task_queue/scan_end.sql"))
+            .bind(position)
+            .bind(CLAIM_CATCH_UP_BATCH)
+            .fetch_one(&mut *tx)
+            .await
+            .context("find the stretch to catch up on")?;
+        let Some(end) = end else { return Ok(applied) };
+        let rows: Vec<ScannedRow> = sqlx::query_as(include_str!("../../../projections/task_queue/scan_events.sql"))
+            .bind(position)
+            .bind(end)
+            .bind(&FOLDED_EVENT_TYPES[..])
+            .fetch_all(&mut *tx)
+            .await
+            .context("read the task events the queue folds")?;
+        let events: Vec<RecordedEvent> = rows.into_iter().map(|row| upcasters.upcast(row.into_event())).collect();
+        QueueProjection.apply_batch(&mut tx, &events).await?;
+        sqlx::query("update projection_checkpoints set position = $2, updated_at = now() where name = $1")
+            .bind(QueueProjection::NAME)
+            .bind(end)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        applied += events.len();
+        if end - position < CLAIM_CATCH_UP_BATCH {
+            return Ok(applied);
+        }
+    }
+}
+
+/// The event types [`effect`] acts on.
+const FOLDED_EVENT_TYPES: [&str; 8] = [
+    events::TASK_ENQUEUED,
+    events::TASK_CLAIMED,
+    events::TASK_LEASE_RENEWED,
+    events::TASK_RETRY_SCHEDULED,
+    events::TASK_RELEASED,
+    events::TASK_COMPLETED,
+    events::TASK_FAILED,
+    events::TASK_CANCELLED,
+];
+
+/// The columns of a task event the queue needs.
+#[derive(sqlx::FromRow)]
+struct ScannedRow {
+    position: i64,
+    event_id: String,
+    ts: DateTime<Utc>,
+    entity_id: String,
+    stream_version: i32,
+    event_type: String,
+    schema_version: i32,
+    payload: serde_json::Value,
+}
+
+impl ScannedRow {
+    /// The event with the columns the queue does not read left empty.
+    fn into_event(self) -> RecordedEvent {
+        RecordedEvent {
+            position: self.position,
+            event_id: self.event_id,
+            ts: self.ts,
+            stream: domain::event::StreamId::new(EntityKind::Task, self.entity_id),
+            stream_version: self.stream_version,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            payload: self.payload,
+            action: domain::event::Action::Updated,
+            actor_kind: domain::event::ActorKind::System,
+            actor_id: String::new(),
+            before: None,
+            after: None,
+            note: None,
+            trace_id: None,
+            correlation_id: None,
+            causation_id: None,
+            idempotency_key: None,
+            unique_keys: Vec::new(),
+            prev_hash: Vec::new(),
+            hash: Vec::new(),
+        }
+    }
+}
+
+/// How many events one claimer's catch-up transaction applies at most.
+const CLAIM_CATCH_UP_BATCH: i64 = 2000;
+
 /// The database's clock (`clock_timestamp()`): claims decide on it, so leases mean the same on every host.
 pub async fn database_now(conn: &mut PgConnection) -> anyhow::Result<DateTime<Utc>> {
     let now: DateTime<Utc> =

@@ -268,6 +268,9 @@ pub enum CancelTaskResponse {
     /// The task already completed, failed or was cancelled; nothing changed.
     #[oai(status = 409)]
     Conflict(Json<ErrorDetail>),
+    /// An invalid `X-Trace-Id` header (1..128 printable characters).
+    #[oai(status = 422)]
+    Unprocessable(Json<UnprocessableEntity>),
 }
 
 /// Whether `text` is a ULID (26 Crockford base32 characters). Anything else is a 404 that never reaches storage.

@@ -247,9 +247,7 @@ pub async fn catch_up_for_claim(
     let mut applied = 0;
     loop {
         let mut tx = pool.begin().await?;
-        sqlx::query(&format!("set local lock_timeout = '{}ms'", patience.as_millis().max(1)))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(&format!("set local lock_timeout = '{}ms'", patience.as_millis().max(1))).execute(&mut *tx).await?;
         let row: Option<(i32, i64)> =
             match sqlx::query_as("select version, position from projection_checkpoints where name = $1 for update")
                 .bind(QueueProjection::NAME)

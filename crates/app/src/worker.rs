@@ -22,8 +22,15 @@ use store::{AppendError, Appended, ExpectedVersion, NewCommand, RecordedEvent};
 
 use crate::App;
 
-/// How long a claim waits for another applier of the queue projection before claiming from the rows as they are.
+/// How long [`catch_up_queue`] waits for another applier of the queue projection before giving up this time.
 const CATCH_UP_PATIENCE: Duration = Duration::from_millis(50);
+
+/// Moves the queue projection's checkpoint on (applying what it has not applied yet), unless another process is
+/// at it. Claims do not need it (they admit new tasks themselves); workers call it now and then so the
+/// checkpoint keeps up where no projector runs.
+pub async fn catch_up_queue(app: &App) -> anyhow::Result<usize> {
+    queue::catch_up_briefly(app.pool(), app.upcasters(), CATCH_UP_PATIENCE).await
+}
 
 /// What a worker asks for when it claims.
 #[derive(Debug, Clone)]
@@ -63,6 +70,9 @@ pub struct ClaimedTask {
 pub struct ClaimBatch {
     /// The database's clock at the claim (workers keep their timestamps on it).
     pub now: Option<DateTime<Utc>>,
+    /// The database's clock minus this host's, measured around the clock read (workers stamp their own facts
+    /// on the database's clock).
+    pub clock_offset: Option<TimeDelta>,
     pub claimed: Vec<ClaimedTask>,
     /// Tasks whose worker died on their last allowed attempt: failed instead of claimed.
     pub exhausted: usize,
@@ -73,11 +83,15 @@ pub struct ClaimBatch {
 /// Claims up to `request.limit` due tasks in one transaction.
 pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<ClaimBatch> {
     // The queue must show what was enqueued: apply whatever the projector has not applied yet.
-    queue::catch_up_for_claim(app.pool(), app.upcasters(), CATCH_UP_PATIENCE).await?;
 
     let mut tx = app.pool().begin().await?;
+    // New tasks first: the queue shows them even before the projector applies their TaskEnqueued.
+    queue::admit_enqueued(&mut tx).await?;
+    let local_before = Utc::now();
     let now = queue::database_now(&mut tx).await?;
-    let mut batch = ClaimBatch { now: Some(now), ..ClaimBatch::default() };
+    let local_after = Utc::now();
+    let clock_offset = now - (local_before + (local_after - local_before) / 2);
+    let mut batch = ClaimBatch { now: Some(now), clock_offset: Some(clock_offset), ..ClaimBatch::default() };
     let task_ids = queue::lock_claimable(&mut tx, now, request.limit as i64).await?;
     if task_ids.is_empty() {
         tx.commit().await?;
@@ -307,8 +321,17 @@ pub async fn append_decision(
         };
         match app.store().append(command).await {
             Ok(appended) => {
-                for event in appended.events.iter().filter(|event| event.stream.kind == EntityKind::Task) {
+                let task_events: Vec<RecordedEvent> =
+                    appended.events.iter().filter(|event| event.stream.kind == EntityKind::Task).cloned().collect();
+                for event in &task_events {
                     state.apply(event.stream_version, &event.event_type, &event.payload)?;
+                }
+                // The queue row follows at once (a retry is due at its time, a finished task leaves), as a claim's
+                // own events do: committed events of this stream only, so applying them early changes nothing
+                // the projector will not do. A failure here only delays that until the projector runs.
+                let mut conn = app.pool().acquire().await?;
+                if let Err(error) = queue::apply_inline(&mut conn, &task_events).await {
+                    tracing::warn!(task_id = %state.task_id, "failed to update the task's queue row: {error:#}");
                 }
                 return Ok(Ok(appended));
             }

@@ -232,14 +232,25 @@ impl Rows {
     }
 }
 
-/// Catches the queue up with the log for a claimer, without queueing behind another applier for long: the
-/// checkpoint lock is awaited at most `patience` (an applier applying a few events, such as an enqueue's
-/// read-your-writes wait, is done by then; a projector applying a large batch is not, and the claimer goes on
-/// with the rows as they are). Same transaction discipline as `runner::apply_batch` (the checkpoint moves with
+/// Applies the TaskEnqueued events past the checkpoint to `task_queue` early, in the caller's (claim)
+/// transaction, so a task is claimable as soon as its enqueue commits, without waiting for an applier. Safe for
+/// the same reason as the inline application of a claim's own events: a row depends on its own stream only.
+/// Returns how many tasks were admitted.
+pub async fn admit_enqueued(conn: &mut PgConnection) -> anyhow::Result<u64> {
+    let admitted = sqlx::query(include_str!("../../../projections/task_queue/admit_enqueued.sql"))
+        .execute(conn)
+        .await
+        .context("admit newly enqueued tasks")?;
+    Ok(admitted.rows_affected())
+}
+
+/// Catches the queue up with the log without queueing behind another applier for long: the checkpoint lock is
+/// awaited at most `patience` (an applier applying a few events is done by then; a projector applying a large
+/// batch is not, and the caller goes on: that projector is doing the work). Same transaction discipline as `runner::apply_batch` (the checkpoint moves with
 /// the rows), but it fetches only the task events the queue folds: it scans a stretch of positions (all of them
 /// visible, since appends commit in position order), applies the events of interest in it, and moves the
 /// checkpoint to the end of the stretch. Returns how many events were applied.
-pub async fn catch_up_for_claim(
+pub async fn catch_up_briefly(
     pool: &sqlx::PgPool,
     upcasters: &store::Upcasters,
     patience: std::time::Duration,

@@ -363,7 +363,10 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
     let mut completed_at: Option<String> = None;
     let mut artifact_files: Vec<(String, String)> = Vec::new();
 
-    let log_blob = |log: &mut String, digest: &Option<String>| {
+    // An attempt's handler log (a blob named by its end event) goes before the lines of its artifacts, which
+    // wait in `deferred` until then.
+    let mut deferred = String::new();
+    let log_blob = |log: &mut String, deferred: &mut String, digest: &Option<String>| {
         if let Some(digest) = digest {
             match blob(digest) {
                 Some(bytes) => {
@@ -378,11 +381,24 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
                 }
             }
         }
+        log.push_str(deferred);
+        deferred.clear();
     };
 
     for event in stream {
         events_jsonl.push_str(&event.to_json().to_string());
         events_jsonl.push('\n');
+        if !matches!(
+            event.event_type.as_str(),
+            events::ARTIFACT_PRODUCED
+                | events::TASK_COMPLETED
+                | events::TASK_TIMED_OUT
+                | events::TASK_RETRY_SCHEDULED
+                | events::TASK_FAILED
+                | events::TASK_RELEASED
+        ) {
+            log_blob(&mut log, &mut deferred, &None);
+        }
         let at = format_ts(event.ts);
         let payload = &event.payload;
         let current = |attempts: &[AttemptView], number: u32| -> Option<usize> {
@@ -450,7 +466,7 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
             events::ARTIFACT_PRODUCED => {
                 let Ok(artifact) = run::ArtifactProduced::deserialize(payload) else { continue };
                 let _ = writeln!(
-                    log,
+                    deferred,
                     "[{at}] attempt {}: artifact {} ({}, {} bytes)",
                     artifact.attempt, artifact.path, artifact.digest, artifact.size_bytes
                 );
@@ -472,7 +488,7 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
             }
             events::TASK_COMPLETED => {
                 let Ok(completed) = run::TaskCompleted::deserialize(payload) else { continue };
-                log_blob(&mut log, &completed.log_digest);
+                log_blob(&mut log, &mut deferred, &completed.log_digest);
                 let _ = writeln!(log, "[{at}] attempt {}: completed in {} s", completed.attempt, completed.duration_s);
                 status = "completed";
                 outputs = completed.outputs.clone();
@@ -488,7 +504,7 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
             }
             events::TASK_TIMED_OUT => {
                 let Ok(timed_out) = run::TaskTimedOut::deserialize(payload) else { continue };
-                log_blob(&mut log, &timed_out.log_digest);
+                log_blob(&mut log, &mut deferred, &timed_out.log_digest);
                 let _ = writeln!(
                     log,
                     "[{at}] attempt {}: timed out after {} s (time budget {} s); handler stopped",
@@ -507,7 +523,7 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
                 let index = current(&attempts, retry.attempt);
                 let timed_out = index.is_some_and(|index| attempts[index].outcome == "timed_out");
                 if !timed_out {
-                    log_blob(&mut log, &retry.log_digest);
+                    log_blob(&mut log, &mut deferred, &retry.log_digest);
                 }
                 let _ = writeln!(
                     log,
@@ -535,7 +551,7 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
                 let index = current(&attempts, failed.attempt);
                 let ended = index.is_some_and(|index| attempts[index].outcome != "running");
                 if !ended {
-                    log_blob(&mut log, &failed.log_digest);
+                    log_blob(&mut log, &mut deferred, &failed.log_digest);
                 }
                 let _ = writeln!(log, "[{at}] attempt {}: failed: {}; the task failed", failed.attempt, failed.error);
                 status = "failed";
@@ -570,7 +586,7 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
             }
             events::TASK_RELEASED => {
                 let Ok(released) = run::TaskReleased::deserialize(payload) else { continue };
-                log_blob(&mut log, &released.log_digest);
+                log_blob(&mut log, &mut deferred, &released.log_digest);
                 let _ = writeln!(
                     log,
                     "[{at}] attempt {}: released unfinished by {}: {}",
@@ -602,6 +618,7 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
         }
     }
 
+    log.push_str(&deferred);
     let last = attempts.last();
     let started_at = attempts.first().map(|first| first.claimed_at.clone());
     let output = json!({

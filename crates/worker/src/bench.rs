@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::WorkerConfig;
 
+/// The most enqueue requests the loaded measurement has in flight at once.
+const MAX_IN_FLIGHT_ENQUEUES: usize = 16;
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -237,12 +240,19 @@ async fn measure(app: &App, config: &WorkerConfig, options: &BenchOptions) -> an
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let began = Instant::now();
+    // Clients that cannot keep up queue at most this many requests (then the rate reached is lower).
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_ENQUEUES));
     let mut enqueues = tokio::task::JoinSet::new();
     while began.elapsed() < options.load_duration {
         ticker.tick().await;
+        let permit = in_flight.clone().acquire_owned().await?;
         let app = app.clone();
         let create_cwom = options.create_cwom;
-        enqueues.spawn(async move { enqueue_one(&app, create_cwom).await });
+        enqueues.spawn(async move {
+            let task_id = enqueue_one(&app, create_cwom).await;
+            drop(permit);
+            task_id
+        });
     }
     let mut loaded = Vec::new();
     while let Some(task_id) = enqueues.join_next().await {

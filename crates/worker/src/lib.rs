@@ -206,9 +206,8 @@ impl Clock {
         DateTime::from_timestamp_micros(micros).expect("now is representable")
     }
 
-    fn learn(&self, local_before: DateTime<Utc>, database: DateTime<Utc>) {
-        let offset = database.timestamp_micros() - local_before.timestamp_micros();
-        self.offset_us.store(offset, Ordering::Relaxed);
+    fn learn(&self, offset: chrono::TimeDelta) {
+        self.offset_us.store(offset.num_microseconds().unwrap_or(0), Ordering::Relaxed);
     }
 }
 
@@ -246,7 +245,6 @@ impl Worker {
     }
 
     async fn claim(&self, limit: usize) -> anyhow::Result<app::worker::ClaimBatch> {
-        let local_before = Utc::now();
         let batch = app::worker::claim(
             &self.app,
             &app::worker::ClaimRequest {
@@ -260,8 +258,8 @@ impl Worker {
             },
         )
         .await?;
-        if let Some(now) = batch.now {
-            self.clock.learn(local_before, now);
+        if let Some(offset) = batch.clock_offset {
+            self.clock.learn(offset);
         }
         Ok(batch)
     }
@@ -332,9 +330,17 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
     let release = CancellationToken::new();
     let mut running: JoinSet<Outcome> = JoinSet::new();
     tokio::pin!(shutdown);
+    let mut last_catch_up: Option<std::time::Instant> = None;
     loop {
         if let Some(wakeup) = wakeup.as_mut() {
             wakeup.drain().await;
+        }
+        // Claims admit new tasks themselves; the queue's checkpoint still has to move on where no projector runs.
+        if last_catch_up.is_none_or(|at| at.elapsed() >= config.poll_interval) {
+            last_catch_up = Some(std::time::Instant::now());
+            if let Err(error) = app::worker::catch_up_queue(&app).await {
+                tracing::warn!("failed to catch the task queue up: {error:#}");
+            }
         }
         // Fill the free slots; a full batch means more may be due.
         while running.len() < config.concurrency {

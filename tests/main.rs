@@ -4,6 +4,7 @@
 mod audit;
 mod cwom;
 mod harness;
+mod inline;
 mod openapi_spec;
 mod schema_change;
 mod tasks;

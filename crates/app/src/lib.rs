@@ -79,9 +79,9 @@ impl App {
         for projection in &projections {
             projections::runner::install(&pool, projection.as_ref(), &upcasters).await?;
         }
-        Ok(App {
-            inner: Arc::new(Inner { store: EventStore::new(pool.clone()), pool, config, upcasters, projections }),
-        })
+        let inline = Arc::new(projections::inline::InlineProjections::new(&projections, upcasters.clone()));
+        let store = EventStore::with_inline_projector(pool.clone(), inline);
+        Ok(App { inner: Arc::new(Inner { store, pool, config, upcasters, projections }) })
     }
 
     pub fn pool(&self) -> &PgPool {

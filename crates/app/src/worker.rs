@@ -3,7 +3,7 @@
 //!
 //! A claim is one transaction: lock due rows of `task_queue` with `for update skip locked`, fold each task's
 //! stream, decide (`domain::task::run::decide_claim`), append `TaskClaimed` + `RunStarted` (+ the CWOM Run) with
-//! `ExpectedVersion::Exactly` through [`store::append_batch`] in the same transaction, apply the queue
+//! `ExpectedVersion::Exactly` through [`store::EventStore::append_in`] in the same transaction, apply the queue
 //! projection to the claimed rows inline, commit. Two claimers never lock the same row, and even a claimer
 //! working from a stale row cannot claim twice: the stream version decides. No transaction stays open while a
 //! handler runs: everything after the claim is a separate, fenced append ([`append_decision`]).
@@ -157,7 +157,7 @@ pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<Clai
         return Ok(batch);
     }
 
-    let results = store::append_batch(&mut tx, commands).await?;
+    let results = app.store().append_in(&mut tx, commands).await?;
     for (candidate, result) in candidates.into_iter().zip(results) {
         let appended = match result {
             Ok(appended) => appended,

@@ -13,6 +13,7 @@
 
 pub mod asof;
 pub mod cwom;
+pub mod inline;
 pub mod queue;
 pub mod rebuild;
 pub mod runner;

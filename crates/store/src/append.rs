@@ -7,12 +7,14 @@
 //! and committed in order (docs/adr/0002-no-reader-skips-an-event.md).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 pub use domain::event::NewEvent;
 use domain::event::StreamId;
 use serde_json::Value;
+use sqlx::Executor as _;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
@@ -81,11 +83,23 @@ pub enum AppendError {
     Internal(#[from] anyhow::Error),
 }
 
+/// Read models maintained inside the append transaction (SPEC §2.2: "a projection may also be applied inline
+/// in the append transaction"). The store calls it after inserting a batch's events and before committing, so
+/// the read models commit with the events; the projections crate implements it.
+#[async_trait::async_trait]
+pub trait InlineProjector: Send + Sync + 'static {
+    /// Applies `events` (consecutive positions, the whole batch as stored) where each read model is exactly at
+    /// the position before them, moving its checkpoint with them; a read model that is behind or busy is left
+    /// to its projector. An error rolls back only what this call did: the events still commit.
+    async fn apply_appended(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()>;
+}
+
 /// The append side of the event store. Cheap to clone; all clones share one batching task.
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
     queue: mpsc::Sender<Pending>,
+    inline: Option<Arc<dyn InlineProjector>>,
 }
 
 struct Pending {
@@ -96,9 +110,31 @@ struct Pending {
 impl EventStore {
     /// Starts the batching task on the current tokio runtime. It ends when the last clone is dropped.
     pub fn new(pool: PgPool) -> EventStore {
+        EventStore::start(pool, None)
+    }
+
+    /// Like [`EventStore::new`], applying `inline` in every append transaction.
+    pub fn with_inline_projector(pool: PgPool, inline: Arc<dyn InlineProjector>) -> EventStore {
+        EventStore::start(pool, Some(inline))
+    }
+
+    fn start(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>) -> EventStore {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run_batches(pool.clone(), receiver));
-        EventStore { pool, queue }
+        tokio::spawn(run_batches(pool.clone(), inline.clone(), receiver));
+        EventStore { pool, queue, inline }
+    }
+
+    /// Appends `commands` inside the caller's transaction, as [`append_batch`] does, and applies the inline read
+    /// models to the events in the same transaction. For commands that must commit with other changes (a
+    /// worker's claim locks its queue rows first).
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        commands: Vec<NewCommand>,
+    ) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
+        let results = append_batch(&mut *conn, commands).await?;
+        apply_inline(self.inline.as_deref(), conn, &results).await;
+        Ok(results)
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -117,13 +153,13 @@ impl EventStore {
     }
 }
 
-async fn run_batches(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
+async fn run_batches(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>, mut receiver: mpsc::Receiver<Pending>) {
     let mut waiting = Vec::with_capacity(MAX_COMMANDS_PER_BATCH);
     while receiver.recv_many(&mut waiting, MAX_COMMANDS_PER_BATCH).await > 0 {
         let batch: Vec<Pending> = std::mem::take(&mut waiting);
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|pending| (pending.command, pending.reply)).unzip();
-        let results = append_in_own_transaction(&pool, commands.clone()).await;
+        let results = append_in_own_transaction(&pool, inline.as_deref(), commands.clone()).await;
         let results = match results {
             Ok(results) => results,
             Err(error) if commands.len() > 1 => {
@@ -132,7 +168,7 @@ async fn run_batches(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
                 tracing::warn!("failed to append a batch of {}, retrying one by one: {error:#}", commands.len());
                 let mut results = Vec::with_capacity(commands.len());
                 for command in commands {
-                    results.push(match append_in_own_transaction(&pool, vec![command]).await {
+                    results.push(match append_in_own_transaction(&pool, inline.as_deref(), vec![command]).await {
                         Ok(mut one) => one.pop().expect("one result per command"),
                         Err(error) => Err(AppendError::Internal(error)),
                     });
@@ -150,12 +186,46 @@ async fn run_batches(pool: PgPool, mut receiver: mpsc::Receiver<Pending>) {
 
 async fn append_in_own_transaction(
     pool: &PgPool,
+    inline: Option<&dyn InlineProjector>,
     commands: Vec<NewCommand>,
 ) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
     let mut tx = pool.begin().await.context("begin append transaction")?;
     let results = append_batch(&mut tx, commands).await?;
+    apply_inline(inline, &mut tx, &results).await;
     tx.commit().await.context("commit append transaction")?;
     Ok(results)
+}
+
+/// Runs the inline projector over a batch's stored events inside a savepoint: a read model that fails to apply
+/// is rolled back to where it was (its projector retries and reports it), and the events commit regardless.
+async fn apply_inline(
+    inline: Option<&dyn InlineProjector>,
+    conn: &mut PgConnection,
+    results: &[Result<Appended, AppendError>],
+) {
+    let Some(inline) = inline else { return };
+    let events: Vec<RecordedEvent> =
+        results.iter().filter_map(|result| result.as_ref().ok()).flat_map(|appended| appended.events.clone()).collect();
+    if events.is_empty() {
+        return;
+    }
+    let outcome = async {
+        conn.execute("savepoint inline_projections").await?;
+        match inline.apply_appended(&mut *conn, &events).await {
+            Ok(()) => {
+                conn.execute("release savepoint inline_projections").await?;
+                Ok(())
+            }
+            Err(error) => {
+                conn.execute("rollback to savepoint inline_projections").await?;
+                Err(error)
+            }
+        }
+    }
+    .await;
+    if let Err(error) = outcome {
+        tracing::warn!("inline read models not applied; their projectors will catch up: {error:#}");
+    }
 }
 
 fn validate(command: &NewCommand) -> Result<(), AppendError> {

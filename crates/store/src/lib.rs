@@ -21,7 +21,8 @@ mod upcast;
 pub mod verify;
 
 pub use append::{
-    append_batch, AppendError, Appended, EventStore, ExpectedVersion, NewCommand, NewEvent, APPEND_LOCK_KEY,
+    append_batch, AppendError, Appended, EventStore, ExpectedVersion, InlineProjector, NewCommand, NewEvent,
+    APPEND_LOCK_KEY,
 };
 pub use canonical::{canonical_bytes, chain_hash, content_hash, link_hash, GENESIS_HASH};
 pub use record::RecordedEvent;

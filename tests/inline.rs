@@ -1,0 +1,130 @@
+//! Read models applied inside the append transaction: a command's read models commit with its events; a busy or
+//! failing read model is left to its projector and no event is lost.
+
+use std::time::Duration;
+
+use domain::task::lifecycle::{self, EnqueueTask};
+use domain::task::{evaluate, parse_task_spec};
+use serde_json::Value;
+use sqlx::PgPool;
+use store::NewCommand;
+
+use crate::harness::{status_and_json, test_config, valid_task, TestApp};
+
+/// The command `POST /tasks/enqueue` appends for a task without CWOM objects.
+fn enqueue_command(task_id: &str) -> NewCommand {
+    let spec = parse_task_spec(&valid_task()).expect("a valid spec");
+    let spec = evaluate(&spec, &test_config().policy).expect("allowed");
+    let events = lifecycle::enqueue(&EnqueueTask {
+        spec: &spec,
+        task_id,
+        trace_id: "trace-inline",
+        now: chrono::Utc::now(),
+        cwom: None,
+    });
+    NewCommand { events, trace_id: Some("trace-inline".into()), ..NewCommand::default() }
+}
+
+async fn checkpoints(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as("select name, position from projection_checkpoints order by name").fetch_all(pool).await.unwrap()
+}
+
+async fn head(pool: &PgPool) -> i64 {
+    store::read::head_position(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_append_commits_every_read_model_with_its_events() {
+    let test = TestApp::spawn().await;
+    let task_id = ulid::Ulid::new().to_string();
+    // Straight through the store: no read-your-writes wait and no projector runs in this test.
+    let appended = test.app.store().append(enqueue_command(&task_id)).await.unwrap();
+    let head = head(&test.pool).await;
+    assert_eq!(appended.last_position(), head);
+    for (name, position) in checkpoints(&test.pool).await {
+        assert_eq!(position, head, "{name} was applied with the append");
+    }
+    let task = projections::tasks::get_task(&test.pool, &task_id).await.unwrap().expect("the task row");
+    assert_eq!(task["status"], "queued");
+
+    // Through HTTP with the CWOM objects: every model is current when the 201 arrives.
+    let (status, created) = status_and_json(test.enqueue(&valid_task()).await).await;
+    assert_eq!(status, 201, "{created}");
+    let head = crate::inline::head(&test.pool).await;
+    for (name, position) in checkpoints(&test.pool).await {
+        assert_eq!(position, head, "{name}");
+    }
+    let issue_id = created["cwom"]["issue_id"].as_str().expect("an issue id");
+    let (status, issue) = status_and_json(test.client.get(format!("/cwom/issues/{issue_id}")).send().await).await;
+    assert_eq!(status, 200, "{issue}");
+}
+
+#[tokio::test]
+async fn a_read_model_busy_with_its_projector_is_left_to_it_and_the_command_still_reads_its_writes() {
+    let test = std::sync::Arc::new(TestApp::spawn().await);
+    // A projector holds the tasks checkpoint row (as while it applies a batch).
+    let mut projector = test.pool.begin().await.unwrap();
+    sqlx::query("select position from projection_checkpoints where name = 'tasks' for update")
+        .execute(&mut *projector)
+        .await
+        .unwrap();
+
+    let enqueue = tokio::spawn({
+        let test = test.clone();
+        async move { status_and_json(test.enqueue(&valid_task()).await).await }
+    });
+    // The append commits without waiting for the row; the other models are applied inline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while head(&test.pool).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the append waited for the busy read model");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let head = head(&test.pool).await;
+    let positions: std::collections::HashMap<String, i64> = checkpoints(&test.pool).await.into_iter().collect();
+    assert_eq!(positions["tasks"], 0, "the busy model was not touched");
+    assert_eq!(positions["cwom"], head);
+    assert_eq!(positions["task_queue"], head);
+    assert!(!enqueue.is_finished(), "the 201 waits until the task can be read");
+
+    projector.rollback().await.unwrap();
+    let (status, created) = enqueue.await.unwrap();
+    assert_eq!(status, 201, "{created}");
+    let (status, task) = status_and_json(test.get_task(created["task_id"].as_str().unwrap()).await).await;
+    assert_eq!(status, 200, "{task}");
+    let positions: std::collections::HashMap<String, i64> = checkpoints(&test.pool).await.into_iter().collect();
+    assert_eq!(positions["tasks"], head);
+
+    // The model is behind no longer, so the next append applies it inline again.
+    let task_id = ulid::Ulid::new().to_string();
+    let appended = test.app.store().append(enqueue_command(&task_id)).await.unwrap();
+    assert_eq!(
+        checkpoints(&test.pool).await.into_iter().find(|(name, _)| name == "tasks").unwrap().1,
+        appended.last_position()
+    );
+}
+
+#[tokio::test]
+async fn a_read_model_that_fails_to_apply_does_not_stop_the_events() {
+    let test = TestApp::spawn().await;
+    // Every new tasks row now fails to insert.
+    sqlx::raw_sql("alter table tasks add constraint refuse_everything check (false) not valid")
+        .execute(&test.pool)
+        .await
+        .unwrap();
+    let task_id = ulid::Ulid::new().to_string();
+    let appended = test.app.store().append(enqueue_command(&task_id)).await.expect("the events are stored");
+    let stored = store::read::read_after(&test.pool, 0, 100).await.unwrap();
+    assert_eq!(stored.len(), appended.events.len());
+    assert!(projections::tasks::get_task(&test.pool, &task_id).await.unwrap().is_none());
+    // The read models were rolled back together and left to their projectors.
+    for (name, position) in checkpoints(&test.pool).await {
+        assert_eq!(position, 0, "{name}");
+    }
+
+    sqlx::raw_sql("alter table tasks drop constraint refuse_everything").execute(&test.pool).await.unwrap();
+    for projection in test.app.projections() {
+        projections::runner::catch_up(&test.pool, projection.as_ref(), test.app.upcasters()).await.unwrap();
+    }
+    let task: Value = projections::tasks::get_task(&test.pool, &task_id).await.unwrap().expect("caught up");
+    assert_eq!(task["status"], "queued");
+}

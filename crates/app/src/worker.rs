@@ -8,6 +8,7 @@
 //! working from a stale row cannot claim twice: the stream version decides. No transaction stays open while a
 //! handler runs: everything after the claim is a separate, fenced append ([`append_decision`]).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -88,11 +89,10 @@ pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<Clai
     // New tasks first: the queue shows them even before the projector applies their TaskEnqueued.
     queue::admit_enqueued(&mut tx).await?;
     let local_before = Utc::now();
-    let now = queue::database_now(&mut tx).await?;
+    let (now, task_ids) = queue::lock_claimable(&mut tx, request.limit as i64).await?;
     let local_after = Utc::now();
     let clock_offset = now - (local_before + (local_after - local_before) / 2);
     let mut batch = ClaimBatch { now: Some(now), clock_offset: Some(clock_offset), ..ClaimBatch::default() };
-    let task_ids = queue::lock_claimable(&mut tx, now, request.limit as i64).await?;
     if task_ids.is_empty() {
         tx.commit().await?;
         return Ok(batch);
@@ -206,34 +206,68 @@ struct Loaded {
     cwom: Option<CwomContext>,
 }
 
-/// How many candidates are read at once (each on a pooled connection of its own).
-const PARALLEL_READS: usize = 4;
-
-/// Reads the candidates' streams and CWOM context, a few at a time, outside the claim transaction (events are
-/// immutable; the claim's expected stream versions catch any change since), so the transaction is short.
+/// Reads the candidates' streams and CWOM context outside the claim transaction (events are immutable; the
+/// claim's expected stream versions catch any change since), so the transaction is short: three round trips
+/// for any number of candidates (their Task streams, their Issues' streams, and the ContextPackets and
+/// ConstraintSnapshots those link).
 async fn load_candidates(app: &App, task_ids: &[String]) -> anyhow::Result<Vec<Loaded>> {
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_READS));
-    let mut reads = tokio::task::JoinSet::new();
-    for (index, task_id) in task_ids.iter().enumerate() {
-        let (app, task_id, permits) = (app.clone(), task_id.clone(), permits.clone());
-        reads.spawn(async move {
-            let _permit = permits.acquire_owned().await?;
-            let mut conn = app.pool().acquire().await?;
-            let events = read_stream(&mut conn, &app, &StreamId::new(EntityKind::Task, &task_id)).await?;
-            let state = fold(&task_id, &events)?;
-            let cwom = match &state.cwom_issue_id {
-                Some(issue_id) => cwom_context(&mut conn, &app, issue_id).await?,
-                None => None,
-            };
-            anyhow::Ok((index, Loaded { events, state, cwom }))
-        });
+    let mut conn = app.pool().acquire().await?;
+    let task_streams: Vec<StreamId> = task_ids.iter().map(|id| StreamId::new(EntityKind::Task, id)).collect();
+    let mut tasks = read_streams(&mut conn, app, &task_streams).await?;
+    let mut states = Vec::with_capacity(task_ids.len());
+    for task_id in task_ids {
+        let events = tasks.remove(task_id.as_str()).unwrap_or_default();
+        let state = fold(task_id, &events)?;
+        states.push((events, state));
     }
-    let mut loaded: Vec<Option<Loaded>> = task_ids.iter().map(|_| None).collect();
-    while let Some(read) = reads.join_next().await {
-        let (index, candidate) = read.context("a candidate read panicked")??;
-        loaded[index] = Some(candidate);
+
+    let issue_streams: Vec<StreamId> = states
+        .iter()
+        .filter_map(|(_, state)| state.cwom_issue_id.as_ref())
+        .map(|id| StreamId::new(EntityKind::Issue, id))
+        .collect();
+    let issues = read_streams(&mut conn, app, &issue_streams).await?;
+    let linked_streams: Vec<StreamId> = issues
+        .values()
+        .flat_map(|events| {
+            [EntityKind::ContextPacket, EntityKind::ConstraintSnapshot]
+                .into_iter()
+                .filter_map(|kind| last_linked(events, kind).map(|id| StreamId::new(kind, id)))
+        })
+        .collect();
+    let linked = read_streams(&mut conn, app, &linked_streams).await?;
+
+    let mut loaded = Vec::with_capacity(states.len());
+    for (events, state) in states {
+        let cwom = state
+            .cwom_issue_id
+            .as_deref()
+            .and_then(|issue_id| cwom_context(issue_id, issues.get(issue_id).map_or(&[][..], Vec::as_slice), &linked));
+        loaded.push(Loaded { events, state, cwom });
     }
-    Ok(loaded.into_iter().map(|candidate| candidate.expect("every candidate read")).collect())
+    Ok(loaded)
+}
+
+/// The events of `streams` (upcast), by stream id. Ids are unique across the kinds read together here.
+async fn read_streams(
+    conn: &mut PgConnection,
+    app: &App,
+    streams: &[StreamId],
+) -> anyhow::Result<HashMap<String, Vec<RecordedEvent>>> {
+    let mut by_stream: HashMap<String, Vec<RecordedEvent>> = HashMap::new();
+    for event in store::read::read_streams(&mut *conn, streams).await? {
+        by_stream.entry(event.stream.id.clone()).or_default().push(app.upcasters().upcast(event));
+    }
+    Ok(by_stream)
+}
+
+/// The id of the last object of `kind` an Issue's events link.
+fn last_linked(issue_events: &[RecordedEvent], kind: EntityKind) -> Option<String> {
+    issue_events
+        .iter()
+        .rev()
+        .filter(|event| event.action == Action::Linked && event.payload["linked_kind"] == kind.as_str())
+        .find_map(|event| event.payload["linked_id"].as_str().map(str::to_owned))
 }
 
 async fn read_stream(conn: &mut PgConnection, app: &App, stream: &StreamId) -> anyhow::Result<Vec<RecordedEvent>> {
@@ -252,38 +286,29 @@ fn fold(task_id: &str, events: &[RecordedEvent]) -> anyhow::Result<TaskState> {
     .with_context(|| format!("fold task {task_id}"))
 }
 
-/// The Issue's repo and status, and its latest ContextPacket and ConstraintSnapshot, folded from the log.
-async fn cwom_context(conn: &mut PgConnection, app: &App, issue_id: &str) -> anyhow::Result<Option<CwomContext>> {
+/// The Issue's repo and status, and its latest ContextPacket and ConstraintSnapshot, folded from their events.
+fn cwom_context(
+    issue_id: &str,
+    issue_events: &[RecordedEvent],
+    linked: &HashMap<String, Vec<RecordedEvent>>,
+) -> Option<CwomContext> {
     let object = |kind: EntityKind, events: &[RecordedEvent]| {
         domain::cwom::fold(kind, events.iter().map(|event| (event.action, &event.payload)))
     };
-    let issue_events = read_stream(conn, app, &StreamId::new(EntityKind::Issue, issue_id)).await?;
-    let Some(issue) = object(EntityKind::Issue, &issue_events) else {
-        return Ok(None);
+    let issue = object(EntityKind::Issue, issue_events)?;
+    let linked_object = |kind: EntityKind| {
+        let id = last_linked(issue_events, kind)?;
+        let events: Vec<RecordedEvent> =
+            linked.get(&id)?.iter().filter(|event| event.stream.kind == kind).cloned().collect();
+        object(kind, &events)
     };
-    let last_linked = |kind: EntityKind| {
-        issue_events
-            .iter()
-            .rev()
-            .filter(|event| event.action == Action::Linked && event.payload["linked_kind"] == kind.as_str())
-            .find_map(|event| event.payload["linked_id"].as_str().map(str::to_owned))
-    };
-    let mut linked = Vec::new();
-    for kind in [EntityKind::ContextPacket, EntityKind::ConstraintSnapshot] {
-        linked.push(match last_linked(kind) {
-            Some(id) => object(kind, &read_stream(conn, app, &StreamId::new(kind, id)).await?),
-            None => None,
-        });
-    }
-    let constraint_snapshot = linked.pop().flatten();
-    let context_packet = linked.pop().flatten();
-    Ok(Some(CwomContext {
+    Some(CwomContext {
         issue_id: issue_id.to_owned(),
         repo: issue["repo"].clone(),
         issue_status: issue["status"].as_str().unwrap_or("planned").to_owned(),
-        context_packet,
-        constraint_snapshot,
-    }))
+        context_packet: linked_object(EntityKind::ContextPacket),
+        constraint_snapshot: linked_object(EntityKind::ConstraintSnapshot),
+    })
 }
 
 /// A task's state, folded from its stream.

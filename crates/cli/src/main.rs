@@ -9,6 +9,7 @@ mod worker_args;
 
 use std::io::Write as _;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,7 +17,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{AppArgs, DatabaseArgs, HttpArgs, LogArgs};
 use crate::database::Database;
-use crate::worker_args::WorkerArgs;
+use crate::worker_args::{TraceArgs, WorkerArgs};
 
 /// JCT: the control tower for AI-assisted development work.
 #[derive(Debug, Parser)]
@@ -69,6 +70,9 @@ enum Command {
     Projections {
         #[command(flatten)]
         database: DatabaseArgs,
+        /// The trace folders (the `trace_folders` projection).
+        #[command(flatten)]
+        traces: TraceArgs,
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
@@ -105,7 +109,9 @@ enum Command {
 enum ProjectionsCommand {
     /// Each projection's code version, live version, checkpoint and lag.
     Status,
-    /// Build a projection from the log beside the live one and swap it in, showing progress.
+    /// Build a projection from the log beside the live one and swap it in, showing progress (`trace_folders`
+    /// renders every folder again in place: each file is replaced atomically, with the same bytes from the same
+    /// events).
     Rebuild {
         /// The projection's name (see `jct projections status`).
         name: String,
@@ -148,9 +154,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             tracing::info!("migrations applied");
             database.close().await;
         }
-        Command::Projections { database, command } => {
+        Command::Projections { database, traces, command } => {
+            let trace_folders = traces.trace_projection(&database.data_dir.join("traces"));
             let database = Database::open(&database).await?;
-            let result = projections_command(&database, command).await;
+            let result = projections_command(&database, trace_folders, command).await;
             database.close().await;
             result?;
         }
@@ -254,8 +261,13 @@ async fn serve(
     Ok(())
 }
 
-async fn projections_command(database: &Database, command: ProjectionsCommand) -> anyhow::Result<()> {
-    let all = app::all_projections();
+async fn projections_command(
+    database: &Database,
+    trace_folders: projections::trace::TraceProjection,
+    command: ProjectionsCommand,
+) -> anyhow::Result<()> {
+    let mut all = app::all_projections();
+    all.push(Arc::new(trace_folders));
     match command {
         ProjectionsCommand::Status => {
             let statuses = projections::runner::status(&database.pool, &all).await?;
@@ -293,12 +305,13 @@ async fn projections_command(database: &Database, command: ProjectionsCommand) -
             );
             bar.set_message(format!("rebuild {name}"));
             let started = std::time::Instant::now();
+            let on_progress = |progress: projections::rebuild::Progress| {
+                bar.set_length(progress.head.max(0) as u64);
+                bar.set_position(progress.position.max(0) as u64);
+            };
             let rebuilt =
-                projections::rebuild::rebuild(&database.pool, projection.as_ref(), &app::upcasters(), &|progress| {
-                    bar.set_length(progress.head.max(0) as u64);
-                    bar.set_position(progress.position.max(0) as u64);
-                })
-                .await?;
+                projections::rebuild::rebuild(&database.pool, projection.as_ref(), &app::upcasters(), &on_progress)
+                    .await?;
             bar.finish();
             let seconds = started.elapsed().as_secs_f64();
             println!(

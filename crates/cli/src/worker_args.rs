@@ -69,13 +69,8 @@ pub struct WorkerArgs {
           default_value = "0s", value_parser = parse_duration)]
     pub stub_duration: Duration,
 
-    /// Trace folders live in `<root>/<task_id>/` (a path or a `file://` URI). Default: `<JCT_DATA_DIR>/traces`.
-    #[arg(long = "trace-root", env = "JCT_TRACE_ROOT", value_name = "JCT_TRACE_ROOT")]
-    pub trace_root: Option<String>,
-
-    /// Content-addressed store of handler logs and artifacts. Default: `<trace root>/.blobs`.
-    #[arg(long = "blob-root", env = "JCT_BLOB_ROOT", value_name = "JCT_BLOB_ROOT")]
-    pub blob_root: Option<PathBuf>,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 
     /// Where handlers get scratch directories. Default: `<temp dir>/jct-worker-<worker id>`.
     #[arg(long = "scratch-dir", env = "JCT_WORKER_SCRATCH_DIR", value_name = "JCT_WORKER_SCRATCH_DIR")]
@@ -102,10 +97,7 @@ impl WorkerArgs {
     /// naming the variable.
     pub fn worker_config(&self, default_trace_root: &Path) -> anyhow::Result<WorkerConfig> {
         let defaults = WorkerConfig::default();
-        let trace_root = match &self.trace_root {
-            Some(root) => PathBuf::from(root.strip_prefix("file://").unwrap_or(root)),
-            None => default_trace_root.to_path_buf(),
-        };
+        let trace_root = self.traces.trace_root(default_trace_root);
         let exec_command: Vec<String> =
             self.exec_command.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
         if self.handler == HandlerKind::Exec && exec_command.is_empty() {
@@ -131,7 +123,7 @@ impl WorkerArgs {
             exec_command,
             stub_duration: self.stub_duration,
             trace_root,
-            blob_root: self.blob_root.clone(),
+            blob_root: self.traces.blob_root.clone(),
             scratch_root: self.scratch_dir.clone(),
             shutdown_grace: self.shutdown_grace,
             max_time_budget: self.max_time_budget,
@@ -139,6 +131,33 @@ impl WorkerArgs {
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// Where the trace folders and blobs live: the worker writes them, `jct projections` rebuilds them.
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// Trace folders live in `<root>/<task_id>/` (a path or a `file://` URI). Default: `<JCT_DATA_DIR>/traces`.
+    #[arg(long = "trace-root", env = "JCT_TRACE_ROOT", value_name = "JCT_TRACE_ROOT")]
+    pub trace_root: Option<String>,
+
+    /// Content-addressed store of handler logs and artifacts. Default: `<trace root>/.blobs`.
+    #[arg(long = "blob-root", env = "JCT_BLOB_ROOT", value_name = "JCT_BLOB_ROOT")]
+    pub blob_root: Option<PathBuf>,
+}
+
+impl TraceArgs {
+    /// The trace root, `default` when unset.
+    pub fn trace_root(&self, default: &Path) -> PathBuf {
+        match &self.trace_root {
+            Some(root) => PathBuf::from(root.strip_prefix("file://").unwrap_or(root)),
+            None => default.to_path_buf(),
+        }
+    }
+
+    /// The trace folders projection these settings describe.
+    pub fn trace_projection(&self, default_trace_root: &Path) -> projections::trace::TraceProjection {
+        worker::trace_projection(&self.trace_root(default_trace_root), self.blob_root.as_deref())
     }
 }
 

@@ -363,23 +363,19 @@ impl ScannedRow {
 /// How many events one claimer's catch-up transaction applies at most.
 const CLAIM_CATCH_UP_BATCH: i64 = 2000;
 
-/// The database's clock (`clock_timestamp()`): claims decide on it, so leases mean the same on every host.
-pub async fn database_now(conn: &mut PgConnection) -> anyhow::Result<DateTime<Utc>> {
-    let now: DateTime<Utc> =
-        sqlx::query_scalar("select clock_timestamp()").fetch_one(conn).await.context("read the clock")?;
-    // Microseconds, as the log stores them.
-    Ok(DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now))
-}
-
-/// Up to `limit` tasks claimable at `now` (queued and due, or under an expired lease), locked `for update skip
-/// locked` in the caller's transaction, oldest due first.
-pub async fn lock_claimable(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<String>> {
-    sqlx::query_scalar(include_str!("../../../projections/task_queue/claimable.sql"))
-        .bind(now)
-        .bind(limit)
-        .fetch_all(conn)
-        .await
-        .context("lock claimable tasks")
+/// Up to `limit` tasks claimable now (queued and due, or under an expired lease), locked `for update skip
+/// locked` in the caller's transaction, oldest due first, and the database's clock that decided what is due
+/// (microseconds, as the log stores them). One round trip.
+pub async fn lock_claimable(conn: &mut PgConnection, limit: i64) -> anyhow::Result<(DateTime<Utc>, Vec<String>)> {
+    let rows: Vec<(Option<String>, DateTime<Utc>)> =
+        sqlx::query_as(include_str!("../../../projections/task_queue/claimable.sql"))
+            .bind(limit)
+            .fetch_all(conn)
+            .await
+            .context("lock claimable tasks")?;
+    let now = rows.first().map(|(_, now)| *now).context("the claim query returns the clock")?;
+    let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+    Ok((now, rows.into_iter().filter_map(|(task_id, _)| task_id).collect()))
 }
 
 /// Applies events of one task stream to its row (inline, in the caller's transaction). Events the row already

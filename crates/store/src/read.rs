@@ -77,3 +77,27 @@ pub async fn read_trace<'c>(executor: impl PgExecutor<'c>, trace_id: &str) -> an
         .context("read a trace")?;
     rows.iter().map(|row| RecordedEvent::from_row(row).context("decode event")).collect()
 }
+
+/// Every event of several streams in one round trip, in position order (so each stream's events are in version
+/// order); group them by `event.stream`.
+pub async fn read_streams<'c>(
+    executor: impl PgExecutor<'c>,
+    streams: &[StreamId],
+) -> anyhow::Result<Vec<RecordedEvent>> {
+    if streams.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kinds: Vec<&str> = streams.iter().map(|stream| stream.kind.as_str()).collect();
+    let ids: Vec<&str> = streams.iter().map(|stream| stream.id.as_str()).collect();
+    let rows = sqlx::query(&format!(
+        "select {COLUMNS} from audit_log \
+          where (entity_kind, entity_id) in (select kind, id from unnest($1::text[], $2::text[]) as s(kind, id)) \
+          order by position"
+    ))
+    .bind(&kinds)
+    .bind(&ids)
+    .fetch_all(executor)
+    .await
+    .context("read streams")?;
+    rows.iter().map(|row| RecordedEvent::from_row(row).context("decode event")).collect()
+}

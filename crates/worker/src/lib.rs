@@ -180,13 +180,23 @@ impl WorkerConfig {
 
     /// The blob root, defaulted.
     pub fn blob_root(&self) -> PathBuf {
-        self.blob_root.clone().unwrap_or_else(|| self.trace_root.join(".blobs"))
+        default_blob_root(&self.trace_root, self.blob_root.as_deref())
     }
 
     /// The trace folders projection for these settings.
     pub fn trace_projection(&self) -> TraceProjection {
-        TraceProjection::new(absolute(&self.trace_root), absolute(&self.blob_root()))
+        trace_projection(&self.trace_root, self.blob_root.as_deref())
     }
+}
+
+/// The trace folders projection for folders under `trace_root` and blobs under `blob_root` (default
+/// `<trace_root>/.blobs`), both made absolute so the URIs in events name them.
+pub fn trace_projection(trace_root: &Path, blob_root: Option<&Path>) -> TraceProjection {
+    TraceProjection::new(absolute(trace_root), absolute(&default_blob_root(trace_root, blob_root)))
+}
+
+fn default_blob_root(trace_root: &Path, blob_root: Option<&Path>) -> PathBuf {
+    blob_root.map_or_else(|| trace_root.join(".blobs"), Path::to_path_buf)
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -37,6 +37,31 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2_000)]
         queries: usize,
     },
+    /// The worker: wake latency (commit of TaskEnqueued → RunStarted) idle and under a steady enqueue rate,
+    /// end-to-end tasks/s with the stub handler and trace folders, and the worker's own overhead per task.
+    Worker {
+        /// Wake-latency samples with an idle worker.
+        #[arg(long, default_value_t = 200)]
+        idle_samples: usize,
+        /// The steady enqueue rate of the loaded wake-latency measurement, tasks per second.
+        #[arg(long, default_value_t = 300.0)]
+        rate: f64,
+        /// Seconds the loaded measurement enqueues.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Tasks in the backlog of the end-to-end measurement.
+        #[arg(long, default_value_t = 5000)]
+        tasks: usize,
+        /// Tasks run one at a time for the overhead measurement.
+        #[arg(long, default_value_t = 500)]
+        overhead_tasks: usize,
+        /// The worker's concurrency.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Create the four CWOM objects with each task (the API's default: true).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        create_cwom: bool,
+    },
     /// `POST /tasks/enqueue` (create_cwom=true, unique keys) and `GET /tasks/{id}` over HTTP.
     Enqueue {
         /// Seconds per measurement.
@@ -54,6 +79,19 @@ pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Resu
     let result = match command {
         BenchCommand::Append { seconds } => append::run(&scratch.pool, Duration::from_secs(seconds)).await,
         BenchCommand::Forensics { events, queries } => forensics::run(&scratch.pool, events, queries).await,
+        BenchCommand::Worker { idle_samples, rate, seconds, tasks, overhead_tasks, concurrency, create_cwom } => {
+            let options = worker::bench::BenchOptions {
+                idle_samples,
+                load_rate: rate,
+                load_duration: Duration::from_secs(seconds),
+                throughput_tasks: tasks,
+                overhead_tasks,
+                concurrency,
+                create_cwom,
+            };
+            println!("# jct bench worker (worker, projectors and PostgreSQL on this machine)");
+            worker::bench::bench_worker(&scratch.pool, &options).await.map(|report| println!("{report}"))
+        }
         BenchCommand::Enqueue { seconds, concurrency } => {
             enqueue::run(&scratch.pool, Duration::from_secs(seconds), concurrency).await
         }

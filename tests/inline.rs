@@ -39,6 +39,7 @@ async fn an_append_commits_every_read_model_with_its_events() {
     let task_id = ulid::Ulid::new().to_string();
     // Straight through the store: no read-your-writes wait and no projector runs in this test.
     let appended = test.app.store().append(enqueue_command(&task_id)).await.unwrap();
+    assert!(appended.read_models_applied, "the caller is told it need not wait");
     let head = head(&test.pool).await;
     assert_eq!(appended.last_position(), head);
     for (name, position) in checkpoints(&test.pool).await {
@@ -113,6 +114,7 @@ async fn a_read_model_that_fails_to_apply_does_not_stop_the_events() {
         .unwrap();
     let task_id = ulid::Ulid::new().to_string();
     let appended = test.app.store().append(enqueue_command(&task_id)).await.expect("the events are stored");
+    assert!(!appended.read_models_applied, "the caller must wait for the projectors");
     let stored = store::read::read_after(&test.pool, 0, 100).await.unwrap();
     assert_eq!(stored.len(), appended.events.len());
     assert!(projections::tasks::get_task(&test.pool, &task_id).await.unwrap().is_none());

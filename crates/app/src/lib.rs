@@ -116,6 +116,15 @@ impl App {
         .await
     }
 
+    /// Read-your-writes for an append: at once when the store applied every read model in its transaction,
+    /// else [`App::wait_for`] its last position.
+    pub async fn wait_for_appended(&self, appended: &store::Appended) -> anyhow::Result<()> {
+        if appended.read_models_applied {
+            return Ok(());
+        }
+        self.wait_for(appended.last_position()).await
+    }
+
     /// Whether the database answers.
     pub async fn database_is_up(&self) -> bool {
         sqlx::query("select 1").execute(self.pool()).await.is_ok()

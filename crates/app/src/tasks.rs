@@ -81,7 +81,7 @@ pub async fn enqueue(app: &App, request: EnqueueRequest) -> Result<EnqueueOutcom
         match app.store().append(command).await {
             Ok(appended) => {
                 let position = appended.last_position();
-                app.wait_for(position).await?;
+                app.wait_for_appended(&appended).await?;
                 let task = projections::tasks::get_task(app.pool(), &task_id)
                     .await?
                     .ok_or_else(|| anyhow::anyhow!("task {task_id} is missing from its read model"))?;
@@ -156,7 +156,7 @@ pub async fn cancel(app: &App, task_id: &str, trace_id: &str) -> anyhow::Result<
     match decided {
         Ok(appended) => {
             let position = appended.last_position();
-            app.wait_for(position).await?;
+            app.wait_for_appended(&appended).await?;
             let task = get(app, task_id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("task {task_id} is missing from its read model"))?;

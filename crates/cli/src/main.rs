@@ -129,6 +129,11 @@ enum AuditCommand {
     },
 }
 
+/// mimalloc instead of glibc's malloc: the service allocates many small, short-lived JSON values per request,
+/// where glibc's allocator showed up at ~12% of the server's CPU in `jct bench enqueue`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();

@@ -35,8 +35,8 @@ impl InlineProjections {
 
 #[async_trait]
 impl store::InlineProjector for InlineProjections {
-    async fn apply_appended(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
-        let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(()) };
+    async fn apply_appended(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<bool> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(true) };
         let names: Vec<&str> = self.projections.iter().map(|projection| projection.name()).collect();
         // One round trip for every checkpoint; rows another transaction holds are skipped, not awaited.
         let rows = sqlx::query(
@@ -59,8 +59,9 @@ impl store::InlineProjector for InlineProjections {
             }
         }
         if current.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
+        let all_applied = current.len() == self.projections.len();
         let events: Vec<RecordedEvent> = events.iter().cloned().map(|event| self.upcasters.upcast(event)).collect();
         let mut applied = Vec::with_capacity(current.len());
         for projection in current {
@@ -75,6 +76,6 @@ impl store::InlineProjector for InlineProjections {
             .execute(&mut *conn)
             .await
             .context("move the inline read models' checkpoints")?;
-        Ok(())
+        Ok(all_applied)
     }
 }

@@ -59,6 +59,9 @@ pub struct NewCommand {
 #[derive(Debug, Clone)]
 pub struct Appended {
     pub events: Vec<RecordedEvent>,
+    /// Every read model of the store's [`InlineProjector`] applied these events in the append transaction, so
+    /// a caller reads its own writes without waiting.
+    pub read_models_applied: bool,
 }
 
 impl Appended {
@@ -90,8 +93,9 @@ pub enum AppendError {
 pub trait InlineProjector: Send + Sync + 'static {
     /// Applies `events` (consecutive positions, the whole batch as stored) where each read model is exactly at
     /// the position before them, moving its checkpoint with them; a read model that is behind or busy is left
-    /// to its projector. An error rolls back only what this call did: the events still commit.
-    async fn apply_appended(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()>;
+    /// to its projector. Returns whether every read model was applied. An error rolls back only what this call
+    /// did: the events still commit.
+    async fn apply_appended(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<bool>;
 }
 
 /// The append side of the event store. Cheap to clone; all clones share one batching task.
@@ -132,8 +136,8 @@ impl EventStore {
         conn: &mut PgConnection,
         commands: Vec<NewCommand>,
     ) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
-        let results = append_batch(&mut *conn, commands).await?;
-        apply_inline(self.inline.as_deref(), conn, &results).await;
+        let mut results = append_batch(&mut *conn, commands).await?;
+        apply_inline(self.inline.as_deref(), conn, &mut results).await;
         Ok(results)
     }
 
@@ -190,8 +194,8 @@ async fn append_in_own_transaction(
     commands: Vec<NewCommand>,
 ) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
     let mut tx = pool.begin().await.context("begin append transaction")?;
-    let results = append_batch(&mut tx, commands).await?;
-    apply_inline(inline, &mut tx, &results).await;
+    let mut results = append_batch(&mut tx, commands).await?;
+    apply_inline(inline, &mut tx, &mut results).await;
     tx.commit().await.context("commit append transaction")?;
     Ok(results)
 }
@@ -201,7 +205,7 @@ async fn append_in_own_transaction(
 async fn apply_inline(
     inline: Option<&dyn InlineProjector>,
     conn: &mut PgConnection,
-    results: &[Result<Appended, AppendError>],
+    results: &mut [Result<Appended, AppendError>],
 ) {
     let Some(inline) = inline else { return };
     let events: Vec<RecordedEvent> =
@@ -212,9 +216,9 @@ async fn apply_inline(
     let outcome = async {
         conn.execute("savepoint inline_projections").await?;
         match inline.apply_appended(&mut *conn, &events).await {
-            Ok(()) => {
+            Ok(all_applied) => {
                 conn.execute("release savepoint inline_projections").await?;
-                Ok(())
+                Ok(all_applied)
             }
             Err(error) => {
                 conn.execute("rollback to savepoint inline_projections").await?;
@@ -223,8 +227,13 @@ async fn apply_inline(
         }
     }
     .await;
-    if let Err(error) = outcome {
-        tracing::warn!("inline read models not applied; their projectors will catch up: {error:#}");
+    match outcome {
+        Ok(all_applied) => {
+            for appended in results.iter_mut().filter_map(|result| result.as_mut().ok()) {
+                appended.read_models_applied = all_applied;
+            }
+        }
+        Err(error) => tracing::warn!("inline read models not applied; their projectors will catch up: {error:#}"),
     }
 }
 
@@ -398,7 +407,7 @@ pub async fn append_batch(
                     rows_to_insert.push(&record);
                     recorded.push(record);
                 }
-                results.push(Ok(Appended { events: recorded }));
+                results.push(Ok(Appended { events: recorded, read_models_applied: false }));
             }
         }
     }

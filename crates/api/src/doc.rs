@@ -66,3 +66,43 @@ impl<T: Type> ParseFromJSON for Doc<T> {
         Ok(Doc::new(value.unwrap_or_default()))
     }
 }
+
+/// A JSON document already serialised (by PostgreSQL, from the read model), sent byte for byte as the body of a
+/// response documented with the schema of `T`: no parse into a `Value`, no clone, no serialisation on the way.
+pub struct JsonText<T> {
+    text: String,
+    schema: PhantomData<fn() -> T>,
+}
+
+impl<T> JsonText<T> {
+    /// `text` must be one JSON value; read models' `document::text` is.
+    pub fn new(text: String) -> JsonText<T> {
+        JsonText { text, schema: PhantomData }
+    }
+
+    /// A document in hand, serialised.
+    pub fn from_value(value: &Value) -> JsonText<T> {
+        JsonText::new(value.to_string())
+    }
+}
+
+impl<T: Type> poem_openapi::payload::Payload for JsonText<T> {
+    /// The content type `Json` responses have, so the spec is the same.
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: Send> poem::IntoResponse for JsonText<T> {
+    fn into_response(self) -> poem::Response {
+        poem::Response::builder()
+            .header(poem::http::header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(self.text)
+    }
+}

@@ -12,7 +12,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde_json::Value;
 
 use crate::body::RawJson;
-use crate::doc::Doc;
+use crate::doc::{Doc, JsonText};
 use crate::error::{
     internal, validation_error, ErrorDetail, PolicyViolation, PolicyViolationError, UnprocessableEntity,
 };
@@ -232,7 +232,7 @@ pub enum EnqueueResponse {
 #[derive(ApiResponse)]
 pub enum GetTaskResponse {
     #[oai(status = 200)]
-    Ok(Json<Doc<TaskDocument>>),
+    Ok(JsonText<TaskDocument>),
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
     /// No such task (also for an id that is not a ULID).
@@ -359,11 +359,13 @@ impl TasksApi {
             return Ok(GetTaskResponse::NotFound(Json(ErrorDetail::new("Task not found"))));
         }
         let task = match as_of {
-            Some(as_of) => app::audit::task_as_of(&app, &task_id, as_of).await,
-            None => app::tasks::get(&app, &task_id).await,
+            Some(as_of) => app::audit::task_as_of(&app, &task_id, as_of)
+                .await
+                .map(|task| task.map(|task| JsonText::from_value(&task))),
+            None => app::tasks::get_text(&app, &task_id).await.map(|task| task.map(JsonText::new)),
         };
         match task.map_err(|error| internal(&error))? {
-            Some(task) => Ok(GetTaskResponse::Ok(Json(Doc::new(task)))),
+            Some(task) => Ok(GetTaskResponse::Ok(task)),
             None => Ok(GetTaskResponse::NotFound(Json(ErrorDetail::new("Task not found")))),
         }
     }

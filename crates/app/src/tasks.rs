@@ -121,6 +121,11 @@ pub async fn get(app: &App, task_id: &str) -> anyhow::Result<Option<Value>> {
     projections::tasks::get_task(app.pool(), task_id).await
 }
 
+/// A task's GET shape as JSON text, or `None`.
+pub async fn get_text(app: &App, task_id: &str) -> anyhow::Result<Option<String>> {
+    projections::tasks::get_task_text(app.pool(), task_id).await
+}
+
 /// Tasks matching `filter`, newest first.
 pub async fn list(app: &App, filter: &TaskFilter, limit: i64, offset: i64) -> anyhow::Result<Vec<Value>> {
     projections::tasks::list_tasks(app.pool(), filter, limit, offset).await

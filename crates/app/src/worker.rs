@@ -169,7 +169,9 @@ pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<Clai
         };
         let task_events: Vec<RecordedEvent> =
             appended.events.iter().filter(|event| event.stream.kind == EntityKind::Task).cloned().collect();
-        queue::apply_inline(&mut tx, &task_events).await?;
+        if !appended.read_models_applied {
+            queue::apply_inline(&mut tx, &task_events).await?;
+        }
         if candidate.exhausted {
             batch.exhausted += 1;
             continue;
@@ -351,12 +353,15 @@ pub async fn append_decision(
                 for event in &task_events {
                     state.apply(event.stream_version, &event.event_type, &event.payload)?;
                 }
-                // The queue row follows at once (a retry is due at its time, a finished task leaves), as a claim's
-                // own events do: committed events of this stream only, so applying them early changes nothing
-                // the projector will not do. A failure here only delays that until the projector runs.
-                let mut conn = app.pool().acquire().await?;
-                if let Err(error) = queue::apply_inline(&mut conn, &task_events).await {
-                    tracing::warn!(task_id = %state.task_id, "failed to update the task's queue row: {error:#}");
+                // Unless the store applied the read models with the append, the queue row follows at once (a
+                // retry is due at its time, a finished task leaves), as a claim's own events do: committed events
+                // of this stream only, so applying them early changes nothing the projector will not do. A
+                // failure here only delays that until the projector runs.
+                if !appended.read_models_applied {
+                    let mut conn = app.pool().acquire().await?;
+                    if let Err(error) = queue::apply_inline(&mut conn, &task_events).await {
+                        tracing::warn!(task_id = %state.task_id, "failed to update the task's queue row: {error:#}");
+                    }
                 }
                 return Ok(Ok(appended));
             }

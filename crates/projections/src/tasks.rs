@@ -203,6 +203,15 @@ pub async fn get_task<'c>(executor: impl PgExecutor<'c>, task_id: &str) -> anyho
         .context("read task")
 }
 
+/// A task's GET shape as JSON text, or `None`: for responses that send it on as it is.
+pub async fn get_task_text<'c>(executor: impl PgExecutor<'c>, task_id: &str) -> anyhow::Result<Option<String>> {
+    sqlx::query_scalar(include_str!("../../../projections/tasks/select_task_text.sql"))
+        .bind(task_id)
+        .fetch_optional(executor)
+        .await
+        .context("read task")
+}
+
 /// A task's GET shape, read on a given connection (e.g. inside an as-of transaction).
 pub async fn get_task_on(conn: &mut PgConnection, task_id: &str) -> anyhow::Result<Option<Value>> {
     sqlx::query_scalar(include_str!("../../../projections/tasks/select_task.sql"))

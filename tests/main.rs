@@ -3,6 +3,7 @@
 
 mod audit;
 mod cwom;
+mod cwom_batch;
 mod harness;
 mod inline;
 mod openapi_spec;

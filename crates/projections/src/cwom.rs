@@ -10,11 +10,16 @@
 //!
 //! Anything else, and any event that does not fit (a payload without an object, a link to an unknown kind), is
 //! ignored, so no writer can stop the projection. Apply reads only the event: no clock, no randomness.
+//!
+//! `apply` runs one single-row statement per event and is the reference; `apply_batch` (what the projector, the
+//! inline appends and rebuilds call) folds a whole batch in one statement, `apply_batch.sql`, to the same rows
+//! (`tests/cwom_batch.rs` compares the two on random event sequences).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use domain::event::{Action, EntityKind};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
@@ -29,6 +34,12 @@ impl CwomProjection {
     pub const NAME: &'static str = "cwom";
     pub const VERSION: i32 = 1;
 }
+
+/// The longest batch (in events that do something) `apply_batch` runs as a prepared statement, whose plan PostgreSQL
+/// caches and may make generic, i.e. made without knowing the arrays' lengths. Such a plan may join by nested
+/// loops, harmless for the few events of an append (applied inline) but not for thousands (a catch-up or a
+/// rebuild), so longer batches go unnamed and are planned for their own arrays every time.
+const PREPARED_BATCH_LIMIT: usize = 64;
 
 /// The statements of one object table.
 struct Statements {
@@ -95,21 +106,15 @@ impl Projection for CwomProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {
-        let kind = event.stream.kind;
-        let Some(statements) = statements(kind) else {
+        let Some(statements) = statements(event.stream.kind) else {
+            return Ok(());
+        };
+        let Some(op) = op_of(event) else {
             return Ok(());
         };
         let id = &event.stream.id;
-        match event.action {
-            Action::Created => {
-                let Some(object) = event.payload.get("object").filter(|object| object.is_object()) else {
-                    tracing::warn!(
-                        position = event.position,
-                        "a created event on {} has no payload.object; ignored",
-                        event.stream
-                    );
-                    return Ok(());
-                };
+        match op {
+            Op::Create { object } => {
                 sqlx::query(statements.insert)
                     .bind(id)
                     .bind(object)
@@ -118,15 +123,7 @@ impl Projection for CwomProjection {
                     .await
                     .with_context(|| format!("insert {}", event.stream))?;
             }
-            Action::Updated | Action::StatusChanged => {
-                let Some(changes) = event.payload.get("changes").filter(|changes| changes.is_object()) else {
-                    tracing::warn!(
-                        position = event.position,
-                        "a change event on {} has no payload.changes; ignored",
-                        event.stream
-                    );
-                    return Ok(());
-                };
+            Op::Update { changes } => {
                 sqlx::query(statements.update)
                     .bind(id)
                     .bind(changes)
@@ -134,15 +131,7 @@ impl Projection for CwomProjection {
                     .await
                     .with_context(|| format!("update {}", event.stream))?;
             }
-            Action::Linked => {
-                let linked_kind = event.payload.get("linked_kind").and_then(Value::as_str).and_then(EntityKind::parse);
-                let linked_id = event.payload.get("linked_id").and_then(Value::as_str);
-                let (Some(linked_kind), Some(linked_id)) = (linked_kind, linked_id) else {
-                    return Ok(());
-                };
-                let Some(statement) = link_statement(kind, linked_kind) else {
-                    return Ok(());
-                };
+            Op::Link { linked_kind, linked_id, statement } => {
                 sqlx::query(statement)
                     .bind(id)
                     .bind(linked_id)
@@ -152,9 +141,142 @@ impl Projection for CwomProjection {
                     .await
                     .with_context(|| format!("link {} to {linked_kind}:{linked_id}", event.stream))?;
             }
-            Action::Unlinked | Action::Deleted => {}
         }
         Ok(())
+    }
+
+    /// Set-based: the whole batch in one statement (`apply_batch.sql`, whose header argues why the rows equal
+    /// applying the events one by one with [`CwomProjection::apply`]), however long the batch.
+    async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let mut batch = Batch::default();
+        for event in events {
+            if let Some(op) = op_of(event) {
+                batch.push(event, op);
+            }
+        }
+        let (Some(first), Some(last)) = (batch.positions.first(), batch.positions.last()) else {
+            return Ok(());
+        };
+        let what = format!("apply the CWOM events at positions {first}..={last} as one batch");
+        batch.mark_last_steps();
+        sqlx::query(include_str!("../../../projections/cwom/apply_batch.sql"))
+            .persistent(batch.keys.len() <= PREPARED_BATCH_LIMIT)
+            .bind(&batch.keys)
+            .bind(&batch.steps)
+            .bind(&batch.lasts)
+            .bind(&batch.kinds)
+            .bind(&batch.ids)
+            .bind(&batch.ops)
+            .bind(&batch.values)
+            .bind(&batch.positions)
+            .bind(&batch.ts)
+            .bind(&batch.linked_kinds)
+            .bind(&batch.linked_ids)
+            .execute(conn)
+            .await
+            .context(what)?;
+        Ok(())
+    }
+}
+
+/// What one event does to the read model under the contract; `None` for an event it ignores. Shared by
+/// `apply` and `apply_batch`, so both ignore (and warn about) the same events.
+enum Op<'e> {
+    /// `created`: insert `payload.object` unless the object exists.
+    Create { object: &'e Value },
+    /// `updated` or `status_changed`: merge `payload.changes` into the document.
+    Update { changes: &'e Value },
+    /// `linked`, to a kind with a link table: `statement` records it one by one.
+    Link { linked_kind: EntityKind, linked_id: &'e str, statement: &'static str },
+}
+
+fn op_of(event: &RecordedEvent) -> Option<Op<'_>> {
+    let kind = event.stream.kind;
+    statements(kind)?;
+    match event.action {
+        Action::Created => {
+            let Some(object) = event.payload.get("object").filter(|object| object.is_object()) else {
+                tracing::warn!(
+                    position = event.position,
+                    "a created event on {} has no payload.object; ignored",
+                    event.stream
+                );
+                return None;
+            };
+            Some(Op::Create { object })
+        }
+        Action::Updated | Action::StatusChanged => {
+            let Some(changes) = event.payload.get("changes").filter(|changes| changes.is_object()) else {
+                tracing::warn!(
+                    position = event.position,
+                    "a change event on {} has no payload.changes; ignored",
+                    event.stream
+                );
+                return None;
+            };
+            Some(Op::Update { changes })
+        }
+        Action::Linked => {
+            let linked_kind = event.payload.get("linked_kind").and_then(Value::as_str).and_then(EntityKind::parse)?;
+            let linked_id = event.payload.get("linked_id").and_then(Value::as_str)?;
+            let statement = link_statement(kind, linked_kind)?;
+            Some(Op::Link { linked_kind, linked_id, statement })
+        }
+        Action::Unlinked | Action::Deleted => None,
+    }
+}
+
+/// The parallel arrays `apply_batch.sql` takes: one element per event that does something, in log order.
+#[derive(Default)]
+struct Batch<'e> {
+    /// The object's number in this batch, its step count so far and the index of its latest event.
+    objects: HashMap<(EntityKind, &'e str), (i32, i32, usize)>,
+    keys: Vec<i32>,
+    steps: Vec<i32>,
+    lasts: Vec<bool>,
+    kinds: Vec<&'static str>,
+    ids: Vec<&'e str>,
+    ops: Vec<&'static str>,
+    values: Vec<Option<&'e Value>>,
+    positions: Vec<i64>,
+    ts: Vec<Option<DateTime<Utc>>>,
+    linked_kinds: Vec<Option<&'static str>>,
+    linked_ids: Vec<Option<&'e str>>,
+}
+
+impl<'e> Batch<'e> {
+    fn push(&mut self, event: &'e RecordedEvent, op: Op<'e>) {
+        let index = self.keys.len();
+        let n_objects = self.objects.len() as i32;
+        let (key, step, latest) =
+            self.objects.entry((event.stream.kind, &event.stream.id)).or_insert((n_objects, 0, 0));
+        *step += 1;
+        *latest = index;
+        self.keys.push(*key);
+        self.steps.push(*step);
+        self.lasts.push(false);
+        self.kinds.push(event.stream.kind.as_str());
+        self.ids.push(&event.stream.id);
+        self.positions.push(event.position);
+        let (op, value, ts, linked) = match op {
+            Op::Create { object } => ("create", Some(object), None, None),
+            Op::Update { changes } => ("update", Some(changes), None, None),
+            Op::Link { linked_kind, linked_id, statement: _ } => {
+                ("link", None, Some(event.ts), Some((linked_kind.as_str(), linked_id)))
+            }
+        };
+        self.ops.push(op);
+        self.values.push(value);
+        self.ts.push(ts);
+        self.linked_kinds.push(linked.map(|(kind, _)| kind));
+        self.linked_ids.push(linked.map(|(_, id)| id));
+    }
+
+    /// Marks each object's last event in the batch, once every event is in.
+    fn mark_last_steps(&mut self) {
+        for &(_, _, latest) in self.objects.values() {
+            self.lasts[latest] = true;
+        }
     }
 }
 

@@ -62,10 +62,16 @@ impl store::InlineProjector for InlineProjections {
             return Ok(false);
         }
         let all_applied = current.len() == self.projections.len();
-        let events: Vec<RecordedEvent> = events.iter().cloned().map(|event| self.upcasters.upcast(event)).collect();
+        let upcast: Vec<RecordedEvent>;
+        let events = if self.upcasters.is_empty() {
+            events
+        } else {
+            upcast = events.iter().cloned().map(|event| self.upcasters.upcast(event)).collect();
+            &upcast
+        };
         let mut applied = Vec::with_capacity(current.len());
         for projection in current {
-            projection.apply_batch(&mut *conn, &events).await.with_context(|| {
+            projection.apply_batch(&mut *conn, events).await.with_context(|| {
                 format!("apply positions {}..={} to {} inline", first.position, last.position, projection.name())
             })?;
             applied.push(projection.name());

@@ -31,8 +31,16 @@ impl Upcasters {
         self
     }
 
+    /// Whether no step is registered (every event type is at its first schema version): upcasting is a no-op.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
     /// The event with its payload lifted through every registered step; the stored row is untouched.
     pub fn upcast(&self, mut event: RecordedEvent) -> RecordedEvent {
+        if self.steps.is_empty() {
+            return event;
+        }
         while let Some(step) = self.steps.get(&(event.event_type.clone(), event.schema_version)) {
             event.payload = step(std::mem::take(&mut event.payload));
             event.schema_version += 1;

@@ -22,6 +22,7 @@ pub mod trace;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use domain::event::EntityKind;
 use sqlx::PgConnection;
 use store::RecordedEvent;
 
@@ -38,7 +39,9 @@ pub trait Projection: Send + Sync + 'static {
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()>;
 
     /// Applies a batch of consecutive events (already upcast), in order. The default applies them one by one;
-    /// a projection may override it with set-based statements, provided the result is the same.
+    /// a projection may override it with set-based statements, provided the result is the same. When the
+    /// projection declares [`Projection::entity_kinds`], a batch may hold only the events of those kinds
+    /// (consecutive among them), and must give the same result as one with every event.
     async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
         for event in events {
             self.apply(conn, event).await.with_context(|| {
@@ -46,6 +49,13 @@ pub trait Projection: Send + Sync + 'static {
             })?;
         }
         Ok(())
+    }
+
+    /// The kinds of stream whose events change this read model; `None` (the default) for any. Readers that know
+    /// may fetch only these events and move the checkpoint past the others, which must then be ignored by
+    /// `apply` (other callers still pass every event).
+    fn entity_kinds(&self) -> Option<&'static [EntityKind]> {
+        None
     }
 
     /// Whether `apply` writes outside the database (the trace folders do). Such a projection is left out of

@@ -41,6 +41,11 @@ impl Projection for QueueProjection {
         include_str!("../../../projections/task_queue/schema.sql")
     }
 
+    /// Task events only: every other kind of event leaves it unchanged.
+    fn entity_kinds(&self) -> Option<&'static [EntityKind]> {
+        Some(&[EntityKind::Task])
+    }
+
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {
         let task_id = &event.stream.id;
         match effect(event)? {

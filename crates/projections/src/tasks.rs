@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use domain::event::EntityKind;
 use domain::task::lifecycle::{events, format_ts};
 use domain::task::run;
 use serde::Deserialize as _;
@@ -36,6 +37,11 @@ impl Projection for TasksProjection {
         include_str!("../../../projections/tasks/schema.sql")
     }
 
+    /// Task events only: every other kind of event leaves it unchanged.
+    fn entity_kinds(&self) -> Option<&'static [EntityKind]> {
+        Some(&[EntityKind::Task])
+    }
+
     /// Set-based: the batch's new tasks inserted with their later changes already merged in, and the other
     /// tasks' changes merged per task, in two statements. Same rows as applying the events one by one.
     async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
@@ -44,6 +50,9 @@ impl Projection for TasksProjection {
         let mut changed: Vec<(String, Map<String, Value>)> = Vec::new();
         let mut changed_index: HashMap<&str, usize> = HashMap::new();
         for event in events {
+            if event.stream.kind != EntityKind::Task {
+                continue;
+            }
             let task_id = event.stream.id.as_str();
             if event.event_type == events::TASK_CREATED {
                 if !created_index.contains_key(task_id) && !changed_index.contains_key(task_id) {
@@ -97,6 +106,9 @@ impl Projection for TasksProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {
+        if event.stream.kind != EntityKind::Task {
+            return Ok(());
+        }
         let task_id = &event.stream.id;
         match event.event_type.as_str() {
             events::TASK_CREATED => {
@@ -123,7 +135,7 @@ impl Projection for TasksProjection {
 
 /// The task fields any event other than `TaskCreated` changes (`None`: it changes none).
 fn changes_of(event: &RecordedEvent) -> anyhow::Result<Option<Value>> {
-    if event.stream.kind != domain::event::EntityKind::Task {
+    if event.stream.kind != EntityKind::Task {
         return Ok(None);
     }
     if event.event_type == events::TASK_ENQUEUED {

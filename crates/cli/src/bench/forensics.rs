@@ -1,6 +1,10 @@
 //! `jct bench forensics`: a large log made through the store's own append path (enqueue-shaped commands,
 //! eight events each), then: catching the read models up, audit queries by trace id, a full rebuild of every
-//! projection, and verification of the hash chain.
+//! projection (with progress), whether the rebuilt read models equal the caught-up ones, and verification of the
+//! hash chain. Each figure is printed beside issue 6's target for it.
+//!
+//! The figures depend on what else the machine is doing (PostgreSQL runs on it too), so the cores and the load
+//! average are printed with them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +19,14 @@ use super::new_histogram;
 
 /// Concurrent appenders while seeding.
 const SEED_CONCURRENCY: usize = 16;
+/// Issue 6's targets.
+const TARGET_TRACE_QUERY_P50_MS: f64 = 5.0;
+const TARGET_REBUILD_EVENTS_PER_SECOND: f64 = 50_000.0;
+const TARGET_VERIFY_EVENTS_PER_SECOND: f64 = 200_000.0;
+/// Least time between two progress lines of a rebuild.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// The tables of the event store itself; every other table in `public` belongs to a read model.
+const STORE_TABLES: [&str; 4] = ["audit_log", "unique_claims", "projection_checkpoints", "_sqlx_migrations"];
 
 fn enqueue_command(seq: u64) -> NewCommand {
     let operation = ["code_change", "docs", "analysis", "ops"][(seq % 4) as usize];
@@ -52,8 +64,50 @@ fn rate(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
+/// `met` or `MISSED`, for a figure beside its target.
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// The 1-minute load average, if the platform has `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// Each read-model table in `public` with its row count and an order-independent checksum of its rows.
+async fn read_model_checksums(pool: &PgPool) -> anyhow::Result<Vec<(String, i64, String)>> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "select tablename::text from pg_tables where schemaname = 'public' and tablename <> all($1) order by 1",
+    )
+    .bind(&STORE_TABLES[..])
+    .fetch_all(pool)
+    .await?;
+    let mut checksums = Vec::new();
+    for table in tables {
+        let (rows, sum): (i64, Option<String>) = sqlx::query_as(&format!(
+            "select count(*), sum(hashtextextended(t::text, 0)::numeric)::text from public.{table} t"
+        ))
+        .fetch_one(pool)
+        .await?;
+        checksums.push((table, rows, sum.unwrap_or_default()));
+    }
+    Ok(checksums)
+}
+
 pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(0, |cores| cores.get());
     println!("# jct bench forensics (a log of ~{target_events} events, appended through the store)");
+    println!(
+        "# {cores} cores shared with PostgreSQL; load average {} at the start. Figures vary with other load.",
+        load_average()
+    );
     let commands = target_events.div_ceil(8);
     let store = EventStore::new(pool.clone());
     let started = Instant::now();
@@ -70,7 +124,7 @@ pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::R
                     }
                     store.append(enqueue_command(seq)).await?;
                     if seq > 0 && seq % 25_000 == 0 {
-                        eprintln!("  seeded {seq} commands");
+                        eprintln!("  seeded {seq} commands ({} events)", seq * 8);
                     }
                 }
             })
@@ -82,7 +136,7 @@ pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::R
     let head = store::read::head_position(pool).await?;
     let elapsed = started.elapsed();
     println!(
-        "{:<44} {:>10.0} events/s  ({head} events in {:.1} s)",
+        "{:<46} {:>10.0} events/s  ({head} events in {:.1} s)",
         "seed (append, c=16, 8-event commands)",
         rate(head as u64, elapsed),
         elapsed.as_secs_f64()
@@ -97,12 +151,13 @@ pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::R
     }
     let elapsed = started.elapsed();
     println!(
-        "{:<44} {:>10.0} events/s  ({} projections, {:.1} s)",
+        "{:<46} {:>10.0} events/s  ({} projections one after another, {:.1} s)",
         "catch-up of every projection from 0",
         rate(head as u64 * all.len() as u64, elapsed),
         all.len(),
         elapsed.as_secs_f64()
     );
+    let caught_up = read_model_checksums(pool).await?;
 
     let mut latencies = new_histogram();
     let filter_of = |seq: u64| store::audit::AuditFilter {
@@ -117,37 +172,93 @@ pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::R
         latencies.record(began.elapsed().as_micros() as u64)?;
         anyhow::ensure!(events.len() == 8, "trace {seq} has {} events", events.len());
     }
+    let p50 = latencies.value_at_quantile(0.5) as f64 / 1000.0;
     println!(
-        "{:<44} {:>10.0} queries/s  p50 {:.2} ms  p99 {:.2} ms",
+        "{:<46} {:>10.0} queries/s  p50 {p50:.2} ms  p99 {:.2} ms  (target p50 <= {TARGET_TRACE_QUERY_P50_MS} ms: {})",
         format!("audit query by trace_id ({queries} queries)"),
         rate(queries as u64, started.elapsed()),
-        latencies.value_at_quantile(0.5) as f64 / 1000.0,
-        latencies.value_at_quantile(0.99) as f64 / 1000.0
+        latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        verdict(p50 <= TARGET_TRACE_QUERY_P50_MS)
     );
 
+    let mut rebuild_total = Duration::ZERO;
     for projection in &all {
+        let name = projection.name();
         let started = Instant::now();
-        let rebuilt = projections::rebuild::rebuild(pool, projection.as_ref(), &upcasters, &|_| {}).await?;
+        let last_line = std::sync::Mutex::new(started);
+        let on_progress = |progress: projections::rebuild::Progress| {
+            let mut last_line = last_line.lock().expect("not poisoned");
+            if last_line.elapsed() >= PROGRESS_EVERY {
+                *last_line = Instant::now();
+                eprintln!(
+                    "  rebuild {name}: {:>3.0}% ({} of {} events, {:.0} events/s)",
+                    100.0 * progress.position as f64 / progress.head.max(1) as f64,
+                    progress.applied,
+                    progress.head,
+                    rate(progress.applied, started.elapsed())
+                );
+            }
+        };
+        let rebuilt = projections::rebuild::rebuild(pool, projection.as_ref(), &upcasters, &on_progress).await?;
         let elapsed = started.elapsed();
+        rebuild_total += elapsed;
+        let per_second = rate(rebuilt.applied, elapsed);
+        let read = match projection.entity_kinds() {
+            Some(kinds) => {
+                let kinds: Vec<_> = kinds.iter().map(|kind| kind.as_str()).collect();
+                format!("{} read: {} events only", rebuilt.read, kinds.join(", "))
+            }
+            None => "every event read".to_owned(),
+        };
         println!(
-            "{:<44} {:>10.0} events/s  ({} events, {:.1} s)",
-            format!("rebuild {}", projection.name()),
-            rate(rebuilt.applied, elapsed),
+            "{:<46} {per_second:>10.0} events/s  (target >= {TARGET_REBUILD_EVENTS_PER_SECOND:.0}: {}; {} events of \
+             the log in {:.1} s, {read})",
+            format!("rebuild {name}"),
+            verdict(per_second >= TARGET_REBUILD_EVENTS_PER_SECOND),
             rebuilt.applied,
             elapsed.as_secs_f64()
         );
     }
+    let per_second = rate(head as u64, rebuild_total);
+    println!(
+        "{:<46} {per_second:>10.0} events/s  (target >= {TARGET_REBUILD_EVENTS_PER_SECOND:.0}: {}; {head} events, \
+         {} projections one after another in {:.1} s)",
+        "rebuild of every projection, in all",
+        verdict(per_second >= TARGET_REBUILD_EVENTS_PER_SECOND),
+        all.len(),
+        rebuild_total.as_secs_f64()
+    );
+    let rebuilt = read_model_checksums(pool).await?;
+    let differing: Vec<&str> = caught_up
+        .iter()
+        .zip(&rebuilt)
+        .filter(|(before, after)| before != after)
+        .map(|(before, _)| before.0.as_str())
+        .collect();
+    let identical = caught_up.len() == rebuilt.len() && differing.is_empty();
+    println!(
+        "{:<46} {}",
+        "rebuilt read models equal the caught-up ones",
+        if identical {
+            format!("yes ({} tables, row counts and checksums)", rebuilt.len())
+        } else {
+            format!("NO: {differing:?} differ ({} tables before, {} after)", caught_up.len(), rebuilt.len())
+        }
+    );
 
     let started = Instant::now();
     let report = store::verify::verify_chain(pool).await?;
     let elapsed = started.elapsed();
+    let per_second = rate(report.events_checked as u64, elapsed);
     println!(
-        "{:<44} {:>10.0} events/s  ({} events, {:.1} s, ok={})",
+        "{:<46} {per_second:>10.0} events/s  (target >= {TARGET_VERIFY_EVENTS_PER_SECOND:.0}: {}; {} events in {:.1} \
+         s, ok={})",
         "audit verify (hash chain)",
-        rate(report.events_checked as u64, elapsed),
+        verdict(per_second >= TARGET_VERIFY_EVENTS_PER_SECOND),
         report.events_checked,
         elapsed.as_secs_f64(),
         report.ok
     );
+    println!("# load average {} at the end", load_average());
     Ok(())
 }

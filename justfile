@@ -21,6 +21,8 @@ openapi:
 bench:
     cargo run --release -p jct-cli -- bench append
     cargo run --release -p jct-cli -- bench enqueue
+    cargo run --release -p jct-cli -- bench worker
+    cargo run --release -p jct-cli -- bench forensics --events 1000000
 
 # Exactly what CI runs.
 ci:

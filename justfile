@@ -17,7 +17,7 @@ lint:
 openapi:
     cargo run -q -p jct-cli -- openapi > openapi/openapi.yaml
 
-# Benchmarks (release build): the event store's append path and the HTTP enqueue path.
+# Benchmarks (release build): the append path, HTTP enqueue/GET, the worker, and forensics on a 1M-event log.
 bench:
     cargo run --release -p jct-cli -- bench append
     cargo run --release -p jct-cli -- bench enqueue

@@ -10,7 +10,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use store::{EventStore, NewCommand, NewEvent};
 
-/// Events in the test log: more than two of the verifier's read stretches (8,192 positions).
+/// Events in the test log: many of the verifier's read stretches (2,048 positions each, so 8,192 | 8,193 and
+/// 16,384 | 16,385 are boundaries between two; a boundary of 4,096- or 8,192-position stretches too).
 const EVENTS: i64 = 20_000;
 const PER_COMMAND: i64 = 250;
 
@@ -108,7 +109,7 @@ async fn a_long_log_of_awkward_json_verifies_and_every_kind_of_tampering_is_name
         format!("delete from audit_log where position = {position}; insert into audit_log select * from saved where position = {position}")
     };
 
-    // An altered payload, in the middle of the second stretch and on both sides of a stretch boundary.
+    // An altered payload, inside a stretch, on both sides of a stretch boundary, first and last.
     for position in [12_345, 8_192, 8_193, 1, EVENTS] {
         let restore = restore_row(position);
         drill(

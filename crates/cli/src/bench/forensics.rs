@@ -81,6 +81,15 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".to_owned())
 }
 
+/// Vacuums and analyzes the scratch database (untimed), so the measurements that follow do not run beside
+/// autovacuum, which a freshly appended million rows or freshly swapped tables would otherwise start.
+async fn settle(pool: &PgPool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    sqlx::raw_sql("vacuum (analyze)").execute(pool).await?;
+    eprintln!("  vacuum (analyze), untimed: {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 /// Each read-model table in `public` with its row count and an order-independent checksum of its rows.
 async fn read_model_checksums(pool: &PgPool) -> anyhow::Result<Vec<(String, i64, String)>> {
     let tables: Vec<String> = sqlx::query_scalar(
@@ -105,7 +114,8 @@ pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::R
     let cores = std::thread::available_parallelism().map_or(0, |cores| cores.get());
     println!("# jct bench forensics (a log of ~{target_events} events, appended through the store)");
     println!(
-        "# {cores} cores shared with PostgreSQL; load average {} at the start. Figures vary with other load.",
+        "# {cores} cores shared with PostgreSQL; load average {} at the start. Figures vary with other load. The \
+         database is vacuumed (untimed) after seeding and before verifying.",
         load_average()
     );
     let commands = target_events.div_ceil(8);
@@ -141,6 +151,8 @@ pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::R
         rate(head as u64, elapsed),
         elapsed.as_secs_f64()
     );
+
+    settle(pool).await?;
 
     let all = app::all_projections();
     let upcasters = app::upcasters();
@@ -246,6 +258,7 @@ pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::R
         }
     );
 
+    settle(pool).await?;
     let started = Instant::now();
     let report = store::verify::verify_chain(pool).await?;
     let elapsed = started.elapsed();

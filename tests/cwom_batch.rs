@@ -32,16 +32,6 @@ const TABLES: [&str; 13] = [
     "cwom_context_packet_doctrine_refs",
 ];
 
-const CWOM_KINDS: [EntityKind; 7] = [
-    EntityKind::Repo,
-    EntityKind::Issue,
-    EntityKind::ContextPacket,
-    EntityKind::ConstraintSnapshot,
-    EntityKind::DoctrineRef,
-    EntityKind::Run,
-    EntityKind::Artifact,
-];
-
 /// The list fields links append to, and the kinds their refs name.
 const LISTS: [(&str, &str); 3] =
     [("context_packets", "ContextPacket"), ("constraints", "ConstraintSnapshot"), ("doctrine_refs", "DoctrineRef")];
@@ -94,7 +84,7 @@ impl Generator {
     /// `{"id": ...}` of some kind, mostly; sometimes not an object at all.
     fn reference(&mut self) -> Value {
         if self.chance(0.8) {
-            let kind = self.pick(&CWOM_KINDS).as_str();
+            let kind = self.pick(&domain::cwom::KINDS).as_str();
             json!({"kind": kind, "id": self.id_of(kind)})
         } else {
             self.odd()
@@ -222,7 +212,7 @@ impl Generator {
     }
 
     fn event(&mut self) -> RecordedEvent {
-        let kind = if self.chance(0.05) { EntityKind::Task } else { *self.pick(&CWOM_KINDS) };
+        let kind = if self.chance(0.05) { EntityKind::Task } else { *self.pick(&domain::cwom::KINDS) };
         let id = self.id_of(kind.as_str());
         let (action, payload) = match self.rng.gen_range(0..100) {
             0..=24 => {
@@ -424,7 +414,7 @@ impl Coverage {
     }
 
     fn check(&self) {
-        assert_eq!(self.kinds_created.len(), CWOM_KINDS.len(), "{self:?}");
+        assert_eq!(self.kinds_created.len(), domain::cwom::KINDS.len(), "{self:?}");
         for (what, n) in [
             ("duplicate creates in a batch", self.duplicate_creates),
             ("several changes of one object in a batch", self.changes_of_one_object),

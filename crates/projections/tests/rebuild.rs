@@ -2,9 +2,7 @@
 //! several stretches with every kind of event interleaved, while commands keep arriving: the result equals the
 //! read models folded event by event, and the checkpoint moves to the end of the whole log.
 //!
-//! Runs against the PostgreSQL server at `DATABASE_URL` (a fresh database of its own, dropped afterwards).
-//! `jct-projections` has no dev-dependency on `devdb`, so without `DATABASE_URL` there is no server to use and
-//! the test says so and passes without checking anything.
+//! Runs on a fresh database of its own from `devdb` (the server at `DATABASE_URL`, or a throwaway cluster).
 
 use std::sync::{Arc, Mutex};
 
@@ -21,8 +19,8 @@ use projections::rebuild::Progress;
 use projections::tasks::TasksProjection;
 use projections::Projection;
 use serde_json::json;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection as _, PgPool};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
 use store::{EventStore, NewCommand, Upcasters};
 
 extern crate jct_projections as projections;
@@ -30,36 +28,12 @@ extern crate jct_projections as projections;
 /// Tasks seeded: with their CWOM objects and runs, about 16,000 events, several rebuild stretches.
 const TASKS: u64 = 1_500;
 
-struct Database {
-    admin_url: String,
-    name: String,
-    pool: PgPool,
-}
-
-impl Database {
-    async fn fresh() -> Option<Database> {
-        let Ok(admin_url) = std::env::var("DATABASE_URL") else {
-            eprintln!("DATABASE_URL is unset: no PostgreSQL to rebuild against; skipping");
-            return None;
-        };
-        let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let name = format!("jct_test_{seconds}_{:016x}", ulid::Ulid::new().random() as u64);
-        let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("connect to DATABASE_URL");
-        sqlx::query(&format!("create database {name}")).execute(&mut admin).await.expect("create a database");
-        admin.close().await.unwrap();
-        let options = admin_url.parse::<PgConnectOptions>().expect("DATABASE_URL is a PostgreSQL URL").database(&name);
-        let pool = PgPoolOptions::new().max_connections(12).connect_with(options).await.expect("connect");
-        store::MIGRATOR.run(&pool).await.expect("migrate");
-        Some(Database { admin_url, name, pool })
-    }
-
-    async fn drop(self) {
-        self.pool.close().await;
-        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ =
-                sqlx::query(&format!("drop database if exists {} with (force)", self.name)).execute(&mut admin).await;
-        }
-    }
+/// A pool on a new, migrated database of its own.
+async fn fresh_database() -> PgPool {
+    let url = devdb::test_server().await.expect("test server").fresh_database().await.expect("fresh database");
+    let pool = PgPoolOptions::new().max_connections(12).connect(&url).await.expect("connect");
+    store::MIGRATOR.run(&pool).await.expect("migrate");
+    pool
 }
 
 /// The commands of one seeded task: its enqueue (task and CWOM events), then a run history chosen by `seq`.
@@ -268,8 +242,7 @@ async fn rebuild(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_read_models_rebuilt_from_task_events_only_equal_the_event_by_event_fold() {
-    let Some(database) = Database::fresh().await else { return };
-    let pool = database.pool.clone();
+    let pool = fresh_database().await;
     let store = EventStore::new(pool.clone());
     let upcasters = Upcasters::new();
     let models: [(Arc<dyn Projection>, &str); 2] =
@@ -331,6 +304,4 @@ async fn task_read_models_rebuilt_from_task_events_only_equal_the_event_by_event
             "{table} after a rebuild under load and catching up"
         );
     }
-
-    database.drop().await;
 }

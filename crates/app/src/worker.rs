@@ -209,42 +209,47 @@ struct Loaded {
 }
 
 /// Reads the candidates' streams and CWOM context outside the claim transaction (events are immutable; the
-/// claim's expected stream versions catch any change since), so the transaction is short: three round trips
-/// for any number of candidates (their Task streams, their Issues' streams, and the ContextPackets and
-/// ConstraintSnapshots those link).
+/// claim's expected stream versions catch any change since), so the transaction is short: one round trip for
+/// any number of candidates (their Task streams, their Issues' streams, and the ContextPackets and
+/// ConstraintSnapshots those link: [`store::read::read_claim_streams`]), and one more for any stream that read
+/// did not cover (an upcaster may have moved what it looks for).
 async fn load_candidates(app: &App, task_ids: &[String]) -> anyhow::Result<Vec<Loaded>> {
     let mut conn = app.pool().acquire().await?;
-    let task_streams: Vec<StreamId> = task_ids.iter().map(|id| StreamId::new(EntityKind::Task, id)).collect();
-    let mut tasks = read_streams(&mut conn, app, &task_streams).await?;
+    let mut streams: HashMap<String, Vec<RecordedEvent>> = HashMap::new();
+    for event in store::read::read_claim_streams(&mut *conn, task_ids).await? {
+        streams.entry(event.stream.id.clone()).or_default().push(app.upcasters().upcast(event));
+    }
     let mut states = Vec::with_capacity(task_ids.len());
     for task_id in task_ids {
-        let events = tasks.remove(task_id.as_str()).unwrap_or_default();
+        let events = streams.remove(task_id.as_str()).unwrap_or_default();
         let state = fold(task_id, &events)?;
         states.push((events, state));
     }
 
-    let issue_streams: Vec<StreamId> = states
+    let issue_ids: Vec<&String> = states.iter().filter_map(|(_, state)| state.cwom_issue_id.as_ref()).collect();
+    let missing: Vec<StreamId> = issue_ids
         .iter()
-        .filter_map(|(_, state)| state.cwom_issue_id.as_ref())
-        .map(|id| StreamId::new(EntityKind::Issue, id))
+        .filter(|id| !streams.contains_key(id.as_str()))
+        .map(|id| StreamId::new(EntityKind::Issue, id.as_str()))
         .collect();
-    let issues = read_streams(&mut conn, app, &issue_streams).await?;
-    let linked_streams: Vec<StreamId> = issues
-        .values()
+    streams.extend(read_streams(&mut conn, app, &missing).await?);
+    let missing: Vec<StreamId> = issue_ids
+        .iter()
+        .filter_map(|id| streams.get(id.as_str()))
         .flat_map(|events| {
             [EntityKind::ContextPacket, EntityKind::ConstraintSnapshot]
                 .into_iter()
                 .filter_map(|kind| last_linked(events, kind).map(|id| StreamId::new(kind, id)))
         })
+        .filter(|stream| !streams.contains_key(&stream.id))
         .collect();
-    let linked = read_streams(&mut conn, app, &linked_streams).await?;
+    streams.extend(read_streams(&mut conn, app, &missing).await?);
 
     let mut loaded = Vec::with_capacity(states.len());
     for (events, state) in states {
-        let cwom = state
-            .cwom_issue_id
-            .as_deref()
-            .and_then(|issue_id| cwom_context(issue_id, issues.get(issue_id).map_or(&[][..], Vec::as_slice), &linked));
+        let cwom = state.cwom_issue_id.as_deref().and_then(|issue_id| {
+            cwom_context(issue_id, streams.get(issue_id).map_or(&[][..], Vec::as_slice), &streams)
+        });
         loaded.push(Loaded { events, state, cwom });
     }
     Ok(loaded)

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use domain::event::EntityKind;
+use domain::event::{EntityKind, StreamId};
 use domain::task::lifecycle::{events, format_ts};
 use domain::task::run;
 use serde::Deserialize as _;
@@ -210,10 +210,17 @@ impl Projection for TraceProjection {
                 last.push(event);
             }
         }
-        // Streams are read in order on the connection; folders (independent files) are written in parallel.
+        // Every stream in one round trip; folders (independent files) are written in parallel.
+        let last: Vec<&RecordedEvent> = last.into_iter().rev().filter(|event| may_render(event)).collect();
+        let streams: Vec<StreamId> = last.iter().map(|event| event.stream.clone()).collect();
+        let mut by_stream: std::collections::HashMap<String, Vec<RecordedEvent>> = std::collections::HashMap::new();
+        for event in store::read::read_streams(&mut *conn, &streams).await? {
+            by_stream.entry(event.stream.id.clone()).or_default().push(event);
+        }
         let mut writers = tokio::task::JoinSet::new();
-        for event in last.into_iter().rev() {
-            let Some(stream) = self.stream_to_render(conn, event).await? else { continue };
+        for event in last {
+            let stream = by_stream.remove(&event.stream.id).unwrap_or_default();
+            let Some(stream) = to_render(event, stream) else { continue };
             while writers.len() >= PARALLEL_WRITERS {
                 writers.join_next().await.expect("not empty").context("the trace writer panicked")??;
             }
@@ -239,31 +246,45 @@ impl Projection for TraceProjection {
 const PARALLEL_WRITERS: usize = 4;
 
 impl TraceProjection {
-    /// The task stream to render for `event`, or `None`: not a task event, not at the stream's latest event (a
-    /// later event will render it), or a task that never ran.
+    /// The task stream to render for `event`, or `None` (see [`may_render`] and [`to_render`]).
     async fn stream_to_render(
         &self,
         conn: &mut PgConnection,
         event: &RecordedEvent,
     ) -> anyhow::Result<Option<Vec<RecordedEvent>>> {
-        if event.stream.kind != EntityKind::Task
-            || matches!(event.event_type.as_str(), events::TASK_CREATED | events::TASK_ENQUEUED)
-        {
-            return Ok(None);
-        }
-        if !is_safe_name(&event.stream.id) {
-            tracing::warn!(task_id = %event.stream.id, "not a safe folder name; no trace folder");
+        if !may_render(event) {
             return Ok(None);
         }
         let stream = store::read::read_stream(&mut *conn, &event.stream, None).await?;
-        if stream.last().is_some_and(|last| last.stream_version > event.stream_version) {
-            return Ok(None);
-        }
-        if !stream.iter().any(|event| event.event_type == events::TASK_CLAIMED) {
-            return Ok(None);
-        }
-        Ok(Some(stream))
+        Ok(to_render(event, stream))
     }
+}
+
+/// Whether `event` may call for its task's folder: a task event after the enqueue, of a task whose id is a safe
+/// folder name.
+fn may_render(event: &RecordedEvent) -> bool {
+    if event.stream.kind != EntityKind::Task
+        || matches!(event.event_type.as_str(), events::TASK_CREATED | events::TASK_ENQUEUED)
+    {
+        return false;
+    }
+    if !is_safe_name(&event.stream.id) {
+        tracing::warn!(task_id = %event.stream.id, "not a safe folder name; no trace folder");
+        return false;
+    }
+    true
+}
+
+/// `stream` (the task's whole stream, read after `event` was appended) if it is to be rendered now: `None` when
+/// a later event will render it, or for a task that never ran.
+fn to_render(event: &RecordedEvent, stream: Vec<RecordedEvent>) -> Option<Vec<RecordedEvent>> {
+    if stream.last().is_some_and(|last| last.stream_version > event.stream_version) {
+        return None;
+    }
+    if !stream.iter().any(|event| event.event_type == events::TASK_CLAIMED) {
+        return None;
+    }
+    Some(stream)
 }
 
 /// Renders a task's folder and writes the files that changed, each atomically.

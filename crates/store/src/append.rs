@@ -208,25 +208,21 @@ async fn apply_inline(
     results: &mut [Result<Appended, AppendError>],
 ) {
     let Some(inline) = inline else { return };
-    let events: Vec<RecordedEvent> =
-        results.iter().filter_map(|result| result.as_ref().ok()).flat_map(|appended| appended.events.clone()).collect();
+    // The projector reads the batch's events as one slice: moved out of the results and back, not copied.
+    let mut counts = Vec::new();
+    let mut events: Vec<RecordedEvent> = Vec::new();
+    for appended in results.iter_mut().filter_map(|result| result.as_mut().ok()) {
+        counts.push(appended.events.len());
+        events.append(&mut appended.events);
+    }
     if events.is_empty() {
         return;
     }
-    let outcome = async {
-        conn.execute("savepoint inline_projections").await?;
-        match inline.apply_appended(&mut *conn, &events).await {
-            Ok(all_applied) => {
-                conn.execute("release savepoint inline_projections").await?;
-                Ok(all_applied)
-            }
-            Err(error) => {
-                conn.execute("rollback to savepoint inline_projections").await?;
-                Err(error)
-            }
-        }
+    let outcome = apply_in_savepoint(inline, conn, &events).await;
+    let mut events = events.into_iter();
+    for (appended, count) in results.iter_mut().filter_map(|result| result.as_mut().ok()).zip(counts) {
+        appended.events = events.by_ref().take(count).collect();
     }
-    .await;
     match outcome {
         Ok(all_applied) => {
             for appended in results.iter_mut().filter_map(|result| result.as_mut().ok()) {
@@ -234,6 +230,24 @@ async fn apply_inline(
             }
         }
         Err(error) => tracing::warn!("inline read models not applied; their projectors will catch up: {error:#}"),
+    }
+}
+
+async fn apply_in_savepoint(
+    inline: &dyn InlineProjector,
+    conn: &mut PgConnection,
+    events: &[RecordedEvent],
+) -> anyhow::Result<bool> {
+    conn.execute("savepoint inline_projections").await?;
+    match inline.apply_appended(&mut *conn, events).await {
+        Ok(all_applied) => {
+            conn.execute("release savepoint inline_projections").await?;
+            Ok(all_applied)
+        }
+        Err(error) => {
+            conn.execute("rollback to savepoint inline_projections").await?;
+            Err(error)
+        }
     }
 }
 
@@ -357,7 +371,6 @@ pub async fn append_batch(
     }
 
     let ts = now_micros();
-    let mut rows_to_insert = InsertColumns::default();
     let mut results = Vec::with_capacity(commands.len());
     for command in commands {
         match check(&command, &versions, &claims) {
@@ -404,7 +417,6 @@ pub async fn append_batch(
                     };
                     record.hash = chain_hash(&record.prev_hash, &canonical_bytes(&canonical_of(&record))).to_vec();
                     head_hash = record.hash.clone();
-                    rows_to_insert.push(&record);
                     recorded.push(record);
                 }
                 results.push(Ok(Appended { events: recorded, read_models_applied: false }));
@@ -412,6 +424,10 @@ pub async fn append_batch(
         }
     }
 
+    let mut rows_to_insert = InsertColumns::default();
+    for record in results.iter().filter_map(|result| result.as_ref().ok()).flat_map(|appended| &appended.events) {
+        rows_to_insert.push(record);
+    }
     if !rows_to_insert.position.is_empty() {
         rows_to_insert.insert(conn, head_position).await?;
     }
@@ -485,65 +501,65 @@ fn now_micros() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is representable")
 }
 
-/// Column arrays for one multi-row insert through `unnest`.
+/// Column arrays for one multi-row insert through `unnest`, borrowed from the batch's records.
 #[derive(Default)]
-struct InsertColumns {
+struct InsertColumns<'r> {
     position: Vec<i64>,
-    event_id: Vec<String>,
+    event_id: Vec<&'r str>,
     ts: Vec<DateTime<Utc>>,
     entity_kind: Vec<&'static str>,
-    entity_id: Vec<String>,
+    entity_id: Vec<&'r str>,
     stream_version: Vec<i32>,
-    event_type: Vec<String>,
+    event_type: Vec<&'r str>,
     schema_version: Vec<i32>,
-    payload: Vec<Value>,
+    payload: Vec<&'r Value>,
     action: Vec<&'static str>,
     actor_kind: Vec<&'static str>,
-    actor_id: Vec<String>,
-    before: Vec<Option<Value>>,
-    after: Vec<Option<Value>>,
-    note: Vec<Option<String>>,
-    trace_id: Vec<Option<String>>,
-    correlation_id: Vec<Option<String>>,
-    causation_id: Vec<Option<String>>,
-    idempotency_key: Vec<Option<String>>,
-    unique_keys: Vec<Value>,
-    prev_hash: Vec<Vec<u8>>,
-    hash: Vec<Vec<u8>>,
-    claim_key: Vec<String>,
+    actor_id: Vec<&'r str>,
+    before: Vec<Option<&'r Value>>,
+    after: Vec<Option<&'r Value>>,
+    note: Vec<Option<&'r str>>,
+    trace_id: Vec<Option<&'r str>>,
+    correlation_id: Vec<Option<&'r str>>,
+    causation_id: Vec<Option<&'r str>>,
+    idempotency_key: Vec<Option<&'r str>>,
+    unique_keys: Vec<sqlx::types::Json<&'r [String]>>,
+    prev_hash: Vec<&'r [u8]>,
+    hash: Vec<&'r [u8]>,
+    claim_key: Vec<&'r str>,
     claim_kind: Vec<&'static str>,
-    claim_id: Vec<String>,
+    claim_id: Vec<&'r str>,
     claim_position: Vec<i64>,
 }
 
-impl InsertColumns {
-    fn push(&mut self, record: &RecordedEvent) {
+impl<'r> InsertColumns<'r> {
+    fn push(&mut self, record: &'r RecordedEvent) {
         self.position.push(record.position);
-        self.event_id.push(record.event_id.clone());
+        self.event_id.push(&record.event_id);
         self.ts.push(record.ts);
         self.entity_kind.push(record.stream.kind.as_str());
-        self.entity_id.push(record.stream.id.clone());
+        self.entity_id.push(&record.stream.id);
         self.stream_version.push(record.stream_version);
-        self.event_type.push(record.event_type.clone());
+        self.event_type.push(&record.event_type);
         self.schema_version.push(record.schema_version);
-        self.payload.push(record.payload.clone());
+        self.payload.push(&record.payload);
         self.action.push(record.action.as_str());
         self.actor_kind.push(record.actor_kind.as_str());
-        self.actor_id.push(record.actor_id.clone());
-        self.before.push(record.before.clone());
-        self.after.push(record.after.clone());
-        self.note.push(record.note.clone());
-        self.trace_id.push(record.trace_id.clone());
-        self.correlation_id.push(record.correlation_id.clone());
-        self.causation_id.push(record.causation_id.clone());
-        self.idempotency_key.push(record.idempotency_key.clone());
-        self.unique_keys.push(Value::from(record.unique_keys.clone()));
-        self.prev_hash.push(record.prev_hash.clone());
-        self.hash.push(record.hash.clone());
+        self.actor_id.push(&record.actor_id);
+        self.before.push(record.before.as_ref());
+        self.after.push(record.after.as_ref());
+        self.note.push(record.note.as_deref());
+        self.trace_id.push(record.trace_id.as_deref());
+        self.correlation_id.push(record.correlation_id.as_deref());
+        self.causation_id.push(record.causation_id.as_deref());
+        self.idempotency_key.push(record.idempotency_key.as_deref());
+        self.unique_keys.push(sqlx::types::Json(&record.unique_keys));
+        self.prev_hash.push(&record.prev_hash);
+        self.hash.push(&record.hash);
         for key in &record.unique_keys {
-            self.claim_key.push(key.clone());
+            self.claim_key.push(key);
             self.claim_kind.push(record.stream.kind.as_str());
-            self.claim_id.push(record.stream.id.clone());
+            self.claim_id.push(&record.stream.id);
             self.claim_position.push(record.position);
         }
     }

@@ -1,7 +1,8 @@
 //! The `cwom` projection's set-based `apply_batch` against its reference, `apply` event by event: many seeded
 //! random event sequences (every kind, duplicate creates, several changes and links of one object in one batch,
 //! duplicate links, links to unknown kinds, events that do not fit the contract) folded both ways into schemas
-//! of their own, the batches of random sizes, and every `cwom_*` table compared row for row.
+//! of their own, the batches of random sizes, and every `cwom_*` table compared row for row. The in-memory fold
+//! of rebuilds (`Projection::in_memory_fold`) is compared with `apply` the same way.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use domain::event::{Action, ActorKind, EntityKind, StreamId};
@@ -322,6 +323,19 @@ async fn fold_in_batches(pool: &PgPool, schema: &str, batches: &[&[RecordedEvent
     }
 }
 
+/// What a rebuild does: the in-memory fold (`Projection::in_memory_fold`) fed the batches, then written once.
+async fn fold_in_memory(pool: &PgPool, schema: &str, batches: &[&[RecordedEvent]]) {
+    create_schema(pool, schema).await;
+    let mut fold = CwomProjection.in_memory_fold().expect("cwom folds in memory");
+    for batch in batches {
+        fold.fold(batch.to_vec());
+    }
+    let mut tx = pool.begin().await.expect("begin");
+    use_schema(&mut tx, schema).await;
+    fold.write(&mut tx).await.expect("write the folded rows");
+    tx.commit().await.expect("commit");
+}
+
 /// Every row of every cwom table in `schema`, as text, in a fixed order.
 async fn rows(pool: &PgPool, schema: &str) -> Vec<(&'static str, Vec<String>)> {
     let mut tables = Vec::new();
@@ -343,7 +357,7 @@ async fn difference(pool: &PgPool, expected: &str, actual: &str) -> Option<Strin
             let at = expected.iter().zip(actual).position(|(one, other)| one != other);
             let at = at.unwrap_or(expected.len().min(actual.len()));
             return Some(format!(
-                "{table}: {} rows one by one, {} in batches; first difference at row {at}:\n  one by one: {:?}\n  in batches: {:?}",
+                "{table}: {} rows one by one, {} the other way; first difference at row {at}:\n  one by one: {:?}\n  other way: {:?}",
                 expected.len(),
                 actual.len(),
                 expected.get(at),
@@ -430,6 +444,7 @@ impl Coverage {
     }
 }
 
+/// And the in-memory fold of rebuilds, fed the same batches, gives the same rows too.
 #[tokio::test]
 async fn apply_batch_equals_applying_the_events_one_by_one() {
     let (pool, _url) = fresh_database().await;
@@ -447,6 +462,10 @@ async fn apply_batch_equals_applying_the_events_one_by_one() {
         fold_in_batches(&pool, "cwom_in_batches", &batches).await;
         if let Some(difference) = difference(&pool, "cwom_one_by_one", "cwom_in_batches").await {
             panic!("seed {seed} ({n_events} events, batches of up to {max}): {difference}");
+        }
+        fold_in_memory(&pool, "cwom_in_memory", &batches).await;
+        if let Some(difference) = difference(&pool, "cwom_one_by_one", "cwom_in_memory").await {
+            panic!("seed {seed} ({n_events} events, folded in memory in batches of up to {max}): {difference}");
         }
         coverage.rows_compared +=
             rows(&pool, "cwom_in_batches").await.iter().map(|(_, rows)| rows.len()).sum::<usize>();

@@ -13,7 +13,10 @@
 //!
 //! `apply` runs one single-row statement per event and is the reference; `apply_batch` (what the projector, the
 //! inline appends and rebuilds call) folds a whole batch in one statement, `apply_batch.sql`, to the same rows
-//! (`tests/cwom_batch.rs` compares the two on random event sequences).
+//! (`tests/cwom_batch.rs` compares the two on random event sequences). Rebuilds fold the whole log in memory
+//! instead and write the tables once ([`in_memory`]), to the same rows.
+
+mod in_memory;
 
 use std::collections::{HashMap, HashSet};
 
@@ -25,6 +28,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use store::RecordedEvent;
 
+use crate::rebuild::InMemoryFold;
 use crate::Projection;
 
 /// Folds CWOM streams into the `cwom_*` tables.
@@ -103,6 +107,20 @@ impl Projection for CwomProjection {
 
     fn schema(&self) -> &'static str {
         include_str!("../../../projections/cwom/schema.sql")
+    }
+
+    /// The seven CWOM kinds: no other stream changes it.
+    fn entity_kinds(&self) -> Option<&'static [EntityKind]> {
+        Some(&domain::cwom::KINDS)
+    }
+
+    /// Its fold reads payloads only.
+    fn folds_images(&self) -> bool {
+        false
+    }
+
+    fn in_memory_fold(&self) -> Option<Box<dyn InMemoryFold>> {
+        Some(Box::<in_memory::CwomInMemory>::default())
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {

@@ -58,6 +58,20 @@ pub trait Projection: Send + Sync + 'static {
         None
     }
 
+    /// Whether `apply` reads the events' `before` and `after` images. Rebuilds of a projection that does not
+    /// read the log without them (they are most of its bytes after the payloads) and hand it events whose
+    /// `before` and `after` are `None`.
+    fn folds_images(&self) -> bool {
+        true
+    }
+
+    /// A fold of the whole log kept in memory and written into the projection's empty tables at the end, which
+    /// rebuilds use instead of [`Projection::apply_batch`]; `None` (the default) when it has none. Its tables must
+    /// equal those `apply_batch` gives from the same events.
+    fn in_memory_fold(&self) -> Option<Box<dyn rebuild::InMemoryFold>> {
+        None
+    }
+
     /// Whether `apply` writes outside the database (the trace folders do). Such a projection is left out of
     /// `jct replay`, which folds read models into a scratch schema for inspection.
     fn writes_outside_the_database(&self) -> bool {

@@ -46,6 +46,11 @@ impl Projection for QueueProjection {
         Some(&[EntityKind::Task])
     }
 
+    /// Its fold reads payloads only.
+    fn folds_images(&self) -> bool {
+        false
+    }
+
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {
         let task_id = &event.stream.id;
         match effect(event)? {

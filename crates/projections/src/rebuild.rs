@@ -9,13 +9,22 @@
 //! The log is folded in stretches of positions. A projection that declares the kinds of event it folds
 //! ([`Projection::entity_kinds`]) is handed only those, read with a filter, but every stretch covers every
 //! position up to the head read at the start (all committed, since appends commit in position order), so its
-//! checkpoint still moves to the end of the log. The next stretch is read on another connection while the
-//! current one is folded.
+//! checkpoint still moves to the end of the log; one that folds neither `before` nor `after`
+//! ([`Projection::folds_images`]) gets events without them. The next stretches are read, two at a time on
+//! connections of their own, while the current one is folded.
+//!
+//! The shadow tables are folded without their secondary indexes (neither unique nor a primary key), which are
+//! built once over the folded rows before the swap; a fold never needs them. A projection with an
+//! [`InMemoryFold`] ([`Projection::in_memory_fold`]) folds the stretches in memory and writes its tables once, at
+//! the end, instead of applying a batch per stretch. [`rebuild_all`] rebuilds several projections at once.
+
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use async_trait::async_trait;
 use domain::event::EntityKind;
 use sqlx::{PgConnection, PgPool};
-use store::read::{read_after, read_range};
+use store::read::{read_after, read_range, Images};
 use store::{RecordedEvent, Upcasters};
 use tokio::sync::mpsc;
 
@@ -26,8 +35,20 @@ const REBUILD_BATCH_SIZE: i64 = 5000;
 /// About how many events a rebuild transaction folds: a stretch of positions is sized (from the share of
 /// events the previous stretch held) to hold about this many of the projection's events.
 const REBUILD_EVENTS_PER_STRETCH: i64 = 5000;
+/// How many stretches a rebuild reads at once (each on a connection of its own; returned in order).
+const READERS: usize = 2;
 /// The longest stretch of positions one rebuild transaction covers.
 const REBUILD_MAX_STRETCH: i64 = 200_000;
+
+/// A fold of the whole log into a projection's empty tables, kept in memory until it is written
+/// ([`Projection::in_memory_fold`]).
+#[async_trait]
+pub trait InMemoryFold: Send {
+    /// Folds the next events of the log, in order: those of the projection's kinds, if it declares them.
+    fn fold(&mut self, events: Vec<RecordedEvent>);
+    /// Writes what was folded into the projection's tables, empty until now (the search path leads to them).
+    async fn write(self: Box<Self>, conn: &mut PgConnection) -> anyhow::Result<()>;
+}
 
 /// Progress of a rebuild, reported after each batch.
 #[derive(Debug, Clone, Copy)]
@@ -61,15 +82,24 @@ async fn use_schema(conn: &mut PgConnection, schema: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The events of a stretch `(after, up_to]`: all, or those of `kinds`, upcast.
+/// What a rebuild reads of each event in the log: the kinds of stream it folds (`None`: all) and whether with
+/// the `before` and `after` images.
+type Filter = (Option<&'static [EntityKind]>, Images);
+
+fn filter_of(projection: &dyn Projection) -> Filter {
+    let images = if projection.folds_images() { Images::Included } else { Images::LeftOut };
+    (projection.entity_kinds(), images)
+}
+
+/// The events of a stretch `(after, up_to]`: all, or those of the filter's kinds, upcast.
 async fn read_stretch<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     upcasters: &Upcasters,
-    kinds: Option<&[EntityKind]>,
+    (kinds, images): Filter,
     after: i64,
     up_to: i64,
 ) -> anyhow::Result<Vec<RecordedEvent>> {
-    let events = read_range(executor, after, up_to, kinds).await?;
+    let events = read_range(executor, after, up_to, kinds, images).await?;
     Ok(events.into_iter().map(|event| upcasters.upcast(event)).collect())
 }
 
@@ -83,35 +113,40 @@ fn next_stretch(length: i64, n_events: usize) -> i64 {
 /// A stretch read ahead: the end of its positions and its events.
 type Stretch = anyhow::Result<(i64, Vec<RecordedEvent>)>;
 
-/// Reads the stretches of `(after, head]` in order on a task of its own, one ahead of the consumer; aborted when
-/// dropped.
+/// Reads the stretches of `(after, head]` on a task of its own, [`READERS`] at a time, and hands them over in order,
+/// one ahead of the consumer; aborted when dropped.
 struct ReadAhead {
     stretches: mpsc::Receiver<Stretch>,
     reader: tokio::task::JoinHandle<()>,
 }
 
 impl ReadAhead {
-    fn spawn(
-        pool: PgPool,
-        upcasters: Upcasters,
-        kinds: Option<&'static [EntityKind]>,
-        after: i64,
-        head: i64,
-    ) -> ReadAhead {
+    fn spawn(pool: PgPool, upcasters: Upcasters, filter: Filter, after: i64, head: i64) -> ReadAhead {
+        use futures::StreamExt as _;
         let (send, stretches) = mpsc::channel(1);
         let reader = tokio::spawn(async move {
-            let (mut after, mut length) = (after, REBUILD_EVENTS_PER_STRETCH);
-            while after < head {
-                let up_to = after.saturating_add(length).min(head);
-                let stretch = read_stretch(&pool, &upcasters, kinds, after, up_to).await;
-                if let Ok(events) = &stretch {
-                    length = next_stretch(up_to - after, events.len());
-                }
+            // Each stretch's length comes from the share of events in the last one read.
+            let length = std::sync::atomic::AtomicI64::new(REBUILD_EVENTS_PER_STRETCH);
+            let bounds = futures::stream::unfold(after, |after| {
+                let up_to = after.saturating_add(length.load(std::sync::atomic::Ordering::Relaxed)).min(head);
+                std::future::ready((after < head).then_some(((after, up_to), up_to)))
+            });
+            let mut reads = bounds
+                .map(|(after, up_to)| {
+                    let (pool, upcasters, length) = (&pool, &upcasters, &length);
+                    async move {
+                        let events = read_stretch(pool, upcasters, filter, after, up_to).await?;
+                        let next = next_stretch(up_to - after, events.len());
+                        length.store(next, std::sync::atomic::Ordering::Relaxed);
+                        Ok((up_to, events))
+                    }
+                })
+                .buffered(READERS);
+            while let Some(stretch) = reads.next().await {
                 let failed = stretch.is_err();
-                if send.send(stretch.map(|events| (up_to, events))).await.is_err() || failed {
+                if send.send(stretch).await.is_err() || failed {
                     return;
                 }
-                after = up_to;
             }
         });
         ReadAhead { stretches, reader }
@@ -142,6 +177,7 @@ pub async fn rebuild(
     upcasters: &Upcasters,
     on_progress: &(dyn Fn(Progress) + Sync),
 ) -> anyhow::Result<Rebuilt> {
+    let started = std::time::Instant::now();
     let shadow = shadow_schema(projection);
     sqlx::raw_sql(&format!("drop schema if exists {shadow} cascade; create schema {shadow}"))
         .execute(pool)
@@ -154,26 +190,50 @@ pub async fn rebuild(
         tx.commit().await?;
     }
 
-    let kinds = projection.entity_kinds();
+    let secondary_indexes = drop_secondary_indexes(pool, &shadow).await?;
+
+    let filter = filter_of(projection);
     let (mut position, mut applied, mut read) = (0_i64, 0_u64, 0_u64);
     let head = store::read::head_position(pool).await?;
-    let mut stretches = ReadAhead::spawn(pool.clone(), upcasters.clone(), kinds, position, head);
+    let mut stretches = ReadAhead::spawn(pool.clone(), upcasters.clone(), filter, position, head);
+    let mut in_memory = projection.in_memory_fold();
     while let Some((up_to, events)) = stretches.next().await? {
-        let mut tx = pool.begin().await?;
-        // A rebuild that dies starts over, so its batches need not wait for their commit to reach the disk.
-        sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
-        use_schema(&mut tx, &shadow).await?;
-        apply(&mut tx, projection, &events).await?;
-        tx.commit().await?;
+        let n_events = events.len();
+        if let Some(mut fold) = in_memory.take() {
+            // Off the async threads, so the reader (and other rebuilds) go on meanwhile.
+            let folded = tokio::task::spawn_blocking(move || {
+                fold.fold(events);
+                fold
+            });
+            in_memory = Some(folded.await.context("fold in memory")?);
+        } else {
+            let mut tx = pool.begin().await?;
+            // A rebuild that dies starts over, so its batches need not wait for their commit to reach the disk.
+            sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
+            use_schema(&mut tx, &shadow).await?;
+            apply(&mut tx, projection, &events).await?;
+            tx.commit().await?;
+            // Freeing thousands of JSON trees takes a while; not on the way to the next stretch.
+            tokio::task::spawn_blocking(move || drop(events));
+        }
         applied += (up_to - position) as u64;
-        read += events.len() as u64;
+        read += n_events as u64;
         position = up_to;
         on_progress(Progress { position, head, applied });
-        // Freeing thousands of JSON trees takes a while; not on the way to the next stretch.
-        tokio::task::spawn_blocking(move || drop(events));
     }
     drop(stretches);
     anyhow::ensure!(position == head, "the rebuild's reader stopped at position {position} of {head}");
+    tracing::debug!(projection = projection.name(), "rebuild: {read} events folded, {:?} in", started.elapsed());
+    if let Some(fold) = in_memory {
+        let mut tx = pool.begin().await?;
+        sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
+        use_schema(&mut tx, &shadow).await?;
+        fold.write(&mut tx).await.with_context(|| format!("write the rebuilt {}", projection.name()))?;
+        tx.commit().await?;
+        tracing::debug!(projection = projection.name(), "rebuild: tables written, {:?} in", started.elapsed());
+    }
+    create_indexes(pool, &secondary_indexes).await?;
+    tracing::debug!(projection = projection.name(), "rebuild: indexes built, {:?} in", started.elapsed());
 
     // The swap: pause the live projector, fold what arrived meanwhile, move the tables, record the version.
     let mut tx = pool.begin().await?;
@@ -195,7 +255,7 @@ pub async fn rebuild(
     let mut length = REBUILD_EVENTS_PER_STRETCH;
     while position < head {
         let up_to = position.saturating_add(length).min(head);
-        let events = read_stretch(&mut *tx, upcasters, kinds, position, up_to).await?;
+        let events = read_stretch(&mut *tx, upcasters, filter, position, up_to).await?;
         apply(&mut tx, projection, &events).await?;
         length = next_stretch(up_to - position, events.len());
         applied += (up_to - position) as u64;
@@ -224,8 +284,61 @@ pub async fn rebuild(
         .execute(&mut *tx)
         .await?;
     tx.commit().await.context("commit the swap")?;
+    tracing::debug!(projection = projection.name(), "rebuild: swapped in, {:?} in", started.elapsed());
     on_progress(Progress { position, head: position, applied });
     Ok(Rebuilt { version: projection.version(), position, applied, read })
+}
+
+/// Rebuilds each of `projections` at once, each on connections of its own (see [`rebuild`]); progress is
+/// reported with the projection's name.
+pub async fn rebuild_all(
+    pool: &PgPool,
+    projections: &[Arc<dyn Projection>],
+    upcasters: &Upcasters,
+    on_progress: &(dyn Fn(&str, Progress) + Sync),
+) -> anyhow::Result<Vec<Rebuilt>> {
+    let rebuilds = projections.iter().map(|projection| {
+        let name = projection.name();
+        async move { rebuild(pool, projection.as_ref(), upcasters, &|progress| on_progress(name, progress)).await }
+    });
+    futures::future::try_join_all(rebuilds).await
+}
+
+/// Drops the secondary indexes (neither unique nor a primary key) of the tables in `schema` and returns the
+/// statements that create them again. Building an index once over the folded rows is cheaper than maintaining it
+/// row by row, and no fold looks rows up by one (the unique ones, which `on conflict` needs, stay).
+async fn drop_secondary_indexes(pool: &PgPool, schema: &str) -> anyhow::Result<Vec<String>> {
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "select format('drop index %I.%I', n.nspname, c.relname), pg_get_indexdef(i.indexrelid) \
+           from pg_index i \
+           join pg_class c on c.oid = i.indexrelid \
+           join pg_namespace n on n.oid = c.relnamespace \
+          where n.nspname = $1 and not i.indisunique and not i.indisprimary \
+          order by c.relname",
+    )
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .context("list the shadow tables' secondary indexes")?;
+    let mut creates = Vec::with_capacity(indexes.len());
+    for (drop, create) in indexes {
+        sqlx::raw_sql(&drop).execute(pool).await.with_context(|| format!("{drop} until the rows are in"))?;
+        creates.push(create);
+    }
+    Ok(creates)
+}
+
+/// Runs the `create index` statements, two at a time (each on a connection of its own).
+async fn create_indexes(pool: &PgPool, creates: &[String]) -> anyhow::Result<()> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    futures::stream::iter(creates)
+        .map(|create| async move {
+            sqlx::raw_sql(create).execute(pool).await.with_context(|| format!("create an index: {create}"))
+        })
+        .buffer_unordered(2)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
 }
 
 /// Folds every projection that lives in the database from the start of the log up to and including `until`

@@ -42,6 +42,11 @@ impl Projection for TasksProjection {
         Some(&[EntityKind::Task])
     }
 
+    /// Its fold reads payloads only.
+    fn folds_images(&self) -> bool {
+        false
+    }
+
     /// Set-based: the batch's new tasks inserted with their later changes already merged in, and the other
     /// tasks' changes merged per task, in two statements. Same rows as applying the events one by one.
     async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use domain::event::{EntityKind, StreamId};
 use sqlx::PgExecutor;
 
-use crate::record::{RecordedEvent, COLUMNS};
+use crate::record::{RecordedEvent, COLUMNS, COLUMNS_WITHOUT_IMAGES};
 
 /// Up to `limit` events with a position greater than `after`, in position order.
 ///
@@ -24,8 +24,16 @@ pub async fn read_after<'c>(
     decode_many(rows).await
 }
 
+/// Whether a read returns the events' `before` and `after` images (with the payloads, most of a log's bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Images {
+    Included,
+    /// `before` and `after` are `None` in the events read.
+    LeftOut,
+}
+
 /// The events with a position in `(after, up_to]`, in position order: all of them, or only those of streams of
-/// the given kinds.
+/// the given kinds; with their `before` and `after` images or without.
 ///
 /// A reader that filters by kind still covers every position of the stretch: when every position up to `up_to`
 /// is visible (it is at or below the head read earlier, and appends commit in position order), it may move on to
@@ -36,11 +44,16 @@ pub async fn read_range<'c>(
     after: i64,
     up_to: i64,
     kinds: Option<&[EntityKind]>,
+    images: Images,
 ) -> anyhow::Result<Vec<RecordedEvent>> {
+    let columns = match images {
+        Images::Included => COLUMNS,
+        Images::LeftOut => COLUMNS_WITHOUT_IMAGES,
+    };
     let rows = match kinds {
         None => {
             sqlx::query(&format!(
-                "select {COLUMNS} from audit_log where position > $1 and position <= $2 order by position"
+                "select {columns} from audit_log where position > $1 and position <= $2 order by position"
             ))
             .bind(after)
             .bind(up_to)
@@ -50,7 +63,7 @@ pub async fn read_range<'c>(
         Some(kinds) => {
             let kinds: Vec<&str> = kinds.iter().map(|kind| kind.as_str()).collect();
             sqlx::query(&format!(
-                "select {COLUMNS} from audit_log where position > $1 and position <= $2 and entity_kind = any($3) \
+                "select {columns} from audit_log where position > $1 and position <= $2 and entity_kind = any($3) \
                  order by position"
             ))
             .bind(after)

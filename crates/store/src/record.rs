@@ -36,6 +36,10 @@ pub struct RecordedEvent {
 pub(crate) const COLUMNS: &str = "position, event_id, ts, entity_kind, entity_id, stream_version, event_type, \
      schema_version, payload, action, actor_kind, actor_id, before, after, note, trace_id, correlation_id, \
      causation_id, idempotency_key, unique_keys, prev_hash, hash";
+/// [`COLUMNS`] with `before` and `after` left out (null), for readers that fold neither.
+pub(crate) const COLUMNS_WITHOUT_IMAGES: &str = "position, event_id, ts, entity_kind, entity_id, stream_version, \
+     event_type, schema_version, payload, action, actor_kind, actor_id, null::jsonb as before, null::jsonb as after, \
+     note, trace_id, correlation_id, causation_id, idempotency_key, unique_keys, prev_hash, hash";
 
 impl RecordedEvent {
     pub(crate) fn from_row(row: &PgRow) -> Result<RecordedEvent, sqlx::Error> {

@@ -1,7 +1,7 @@
 //! `jct bench forensics`: a large log made through the store's own append path (enqueue-shaped commands,
-//! eight events each), then: catching the read models up, audit queries by trace id, a full rebuild of every
-//! projection (with progress), whether the rebuilt read models equal the caught-up ones, and verification of the
-//! hash chain. Each figure is printed beside issue 6's target for it.
+//! eight events each), then: catching the read models up, audit queries by trace id, a full rebuild of each
+//! projection alone and of all of them at once (with progress), whether the rebuilt read models equal the
+//! caught-up ones, and verification of the hash chain. Each figure is printed beside issue 6's target for it.
 //!
 //! The figures depend on what else the machine is doing (PostgreSQL runs on it too), so the cores and the load
 //! average are printed with them.
@@ -110,16 +110,8 @@ async fn read_model_checksums(pool: &PgPool) -> anyhow::Result<Vec<(String, i64,
     Ok(checksums)
 }
 
-pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism().map_or(0, |cores| cores.get());
-    println!("# jct bench forensics (a log of ~{target_events} events, appended through the store)");
-    println!(
-        "# {cores} cores shared with PostgreSQL; load average {} at the start. Figures vary with other load. The \
-         database is vacuumed (untimed) after seeding and before verifying.",
-        load_average()
-    );
-    let commands = target_events.div_ceil(8);
-    let store = EventStore::new(pool.clone());
+/// Appends `commands` enqueue-shaped commands through the store, `SEED_CONCURRENCY` at a time.
+async fn seed(pool: &PgPool, store: &EventStore, commands: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seeders: Vec<_> = (0..SEED_CONCURRENCY)
@@ -151,8 +143,63 @@ pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::R
         rate(head as u64, elapsed),
         elapsed.as_secs_f64()
     );
+    Ok(())
+}
 
-    settle(pool).await?;
+/// Drops every read model's tables and checkpoint, so that a reused log is caught up from the start again.
+async fn reset_read_models(pool: &PgPool) -> anyhow::Result<()> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "select tablename::text from pg_tables where schemaname = 'public' and tablename <> all($1) order by 1",
+    )
+    .bind(&STORE_TABLES[..])
+    .fetch_all(pool)
+    .await?;
+    for table in tables {
+        sqlx::raw_sql(&format!("drop table public.{table} cascade")).execute(pool).await?;
+    }
+    sqlx::query("delete from projection_checkpoints").execute(pool).await?;
+    Ok(())
+}
+
+/// Prints a rebuild's progress, one line per projection every [`PROGRESS_EVERY`] at most.
+fn progress_printer(started: Instant) -> impl Fn(&str, projections::rebuild::Progress) + Sync {
+    let last_lines = std::sync::Mutex::new(std::collections::HashMap::<String, Instant>::new());
+    move |name, progress| {
+        let mut last_lines = last_lines.lock().expect("not poisoned");
+        let last_line = last_lines.entry(name.to_owned()).or_insert(started);
+        if last_line.elapsed() >= PROGRESS_EVERY || progress.position == progress.head {
+            *last_line = Instant::now();
+            eprintln!(
+                "  rebuild {name}: {:>3.0}% ({} of {} events, {:.0} events/s)",
+                100.0 * progress.position as f64 / progress.head.max(1) as f64,
+                progress.applied,
+                progress.head,
+                rate(progress.applied, started.elapsed())
+            );
+        }
+    }
+}
+
+pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(0, |cores| cores.get());
+    println!("# jct bench forensics (a log of ~{target_events} events, appended through the store)");
+    println!(
+        "# {cores} cores shared with PostgreSQL; load average {} at the start. Figures vary with other load. The \
+         database is vacuumed (untimed) after seeding and before verifying.",
+        load_average()
+    );
+    let commands = target_events.div_ceil(8);
+    let store = EventStore::new(pool.clone());
+    let seeded = store::read::head_position(pool).await?;
+    if seeded > 0 {
+        reset_read_models(pool).await?;
+        println!("# reusing a log of {seeded} events seeded earlier; its read models were dropped");
+    } else {
+        seed(pool, &store, commands).await?;
+        settle(pool).await?;
+    }
+    let head = store::read::head_position(pool).await?;
+    let commands = (head as u64).div_ceil(8);
 
     let all = app::all_projections();
     let upcasters = app::upcasters();
@@ -193,27 +240,17 @@ pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::R
         verdict(p50 <= TARGET_TRACE_QUERY_P50_MS)
     );
 
-    let mut rebuild_total = Duration::ZERO;
+    // Each projection alone, for its own figure; then all of them at once (`rebuild_all`), for the figure of the
+    // whole: the log's events over the wall time of rebuilding every projection.
+    let mut one_after_another = Duration::ZERO;
     for projection in &all {
         let name = projection.name();
         let started = Instant::now();
-        let last_line = std::sync::Mutex::new(started);
-        let on_progress = |progress: projections::rebuild::Progress| {
-            let mut last_line = last_line.lock().expect("not poisoned");
-            if last_line.elapsed() >= PROGRESS_EVERY {
-                *last_line = Instant::now();
-                eprintln!(
-                    "  rebuild {name}: {:>3.0}% ({} of {} events, {:.0} events/s)",
-                    100.0 * progress.position as f64 / progress.head.max(1) as f64,
-                    progress.applied,
-                    progress.head,
-                    rate(progress.applied, started.elapsed())
-                );
-            }
-        };
+        let print_progress = progress_printer(started);
+        let on_progress = |progress: projections::rebuild::Progress| print_progress(name, progress);
         let rebuilt = projections::rebuild::rebuild(pool, projection.as_ref(), &upcasters, &on_progress).await?;
         let elapsed = started.elapsed();
-        rebuild_total += elapsed;
+        one_after_another += elapsed;
         let per_second = rate(rebuilt.applied, elapsed);
         let read = match projection.entity_kinds() {
             Some(kinds) => {
@@ -224,21 +261,28 @@ pub async fn run(pool: &PgPool, target_events: u64, queries: usize) -> anyhow::R
         };
         println!(
             "{:<46} {per_second:>10.0} events/s  (target >= {TARGET_REBUILD_EVENTS_PER_SECOND:.0}: {}; {} events of \
-             the log in {:.1} s, {read})",
+             the log in {:.1} s, {read}; load {})",
             format!("rebuild {name}"),
             verdict(per_second >= TARGET_REBUILD_EVENTS_PER_SECOND),
             rebuilt.applied,
-            elapsed.as_secs_f64()
+            elapsed.as_secs_f64(),
+            load_average()
         );
     }
-    let per_second = rate(head as u64, rebuild_total);
+    let started = Instant::now();
+    let print_progress = progress_printer(started);
+    projections::rebuild::rebuild_all(pool, &all, &upcasters, &print_progress).await?;
+    let elapsed = started.elapsed();
+    let per_second = rate(head as u64, elapsed);
     println!(
         "{:<46} {per_second:>10.0} events/s  (target >= {TARGET_REBUILD_EVENTS_PER_SECOND:.0}: {}; {head} events, \
-         {} projections one after another in {:.1} s)",
+         {} projections at once in {:.1} s, one after another above in {:.1} s; load {})",
         "rebuild of every projection, in all",
         verdict(per_second >= TARGET_REBUILD_EVENTS_PER_SECOND),
         all.len(),
-        rebuild_total.as_secs_f64()
+        elapsed.as_secs_f64(),
+        one_after_another.as_secs_f64(),
+        load_average()
     );
     let rebuilt = read_model_checksums(pool).await?;
     let differing: Vec<&str> = caught_up

@@ -1,7 +1,8 @@
 //! `jct bench`: measurements that print figures, each beside PostgreSQL's own single-row insert rate measured
 //! in the same run on the same machine, so every figure reads as a ratio. Nothing here passes or fails on time.
 //!
-//! Every benchmark runs in a scratch database of its own (`jct_bench_<ulid>`), dropped afterwards.
+//! Every benchmark runs in a scratch database of its own (`jct_bench_<ulid>`), dropped afterwards (`bench forensics
+//! --keep-database` keeps it, as `jct_kept_<ulid>`, to measure again on it).
 
 mod append;
 mod enqueue;
@@ -36,6 +37,13 @@ pub enum BenchCommand {
         /// How many audit queries by trace id to time.
         #[arg(long, default_value_t = 2_000)]
         queries: usize,
+        /// Keep the scratch database afterwards (its name is printed), to measure again with `--reuse-database`.
+        #[arg(long)]
+        keep_database: bool,
+        /// Measure on a database an earlier `--keep-database` run left, instead of seeding a new one. Its read
+        /// models are dropped and caught up from the start again; the database is kept.
+        #[arg(long)]
+        reuse_database: Option<String>,
     },
     /// The worker: wake latency (commit of TaskEnqueued → RunStarted) idle and under a steady enqueue rate,
     /// end-to-end tasks/s with the stub handler and trace folders, and the worker's own overhead per task.
@@ -75,10 +83,14 @@ pub enum BenchCommand {
 
 pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Result<()> {
     let database = Database::open(database).await?;
-    let scratch = Scratch::create(&database).await?;
+    let (scratch, keep) = match &command {
+        BenchCommand::Forensics { reuse_database: Some(name), .. } => (Scratch::open(&database, name).await?, true),
+        BenchCommand::Forensics { keep_database: true, .. } => (Scratch::create(&database, "jct_kept").await?, true),
+        _ => (Scratch::create(&database, "jct_bench").await?, false),
+    };
     let result = match command {
         BenchCommand::Append { seconds } => append::run(&scratch.pool, Duration::from_secs(seconds)).await,
-        BenchCommand::Forensics { events, queries } => forensics::run(&scratch.pool, events, queries).await,
+        BenchCommand::Forensics { events, queries, .. } => forensics::run(&scratch.pool, events, queries).await,
         BenchCommand::Worker { idle_samples, rate, seconds, tasks, overhead_tasks, concurrency, create_cwom } => {
             let options = worker::bench::BenchOptions {
                 idle_samples,
@@ -96,7 +108,12 @@ pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Resu
             enqueue::run(&scratch.pool, Duration::from_secs(seconds), concurrency).await
         }
     };
-    scratch.drop(&database).await;
+    if keep {
+        println!("# the scratch database {} is kept", scratch.name);
+        scratch.pool.close().await;
+    } else {
+        scratch.drop(&database).await;
+    }
     database.close().await;
     result
 }
@@ -108,8 +125,9 @@ struct Scratch {
 }
 
 impl Scratch {
-    async fn create(database: &Database) -> anyhow::Result<Scratch> {
-        let name = format!("jct_bench_{}", ulid::Ulid::new().to_string().to_lowercase());
+    /// A new database named `<prefix>_<ulid>`.
+    async fn create(database: &Database, prefix: &str) -> anyhow::Result<Scratch> {
+        let name = format!("{prefix}_{}", ulid::Ulid::new().to_string().to_lowercase());
         sqlx::query(&format!("create database {name}"))
             .execute(&database.pool)
             .await
@@ -118,6 +136,15 @@ impl Scratch {
         let pool = PgPoolOptions::new().max_connections(40).connect_with(options).await?;
         store::MIGRATOR.run(&pool).await?;
         Ok(Scratch { name, pool })
+    }
+
+    /// A scratch database an earlier run kept.
+    async fn open(database: &Database, name: &str) -> anyhow::Result<Scratch> {
+        anyhow::ensure!(name.starts_with("jct_kept_"), "{name} is not a database `jct bench --keep-database` kept");
+        let options: PgConnectOptions = database.url.parse::<PgConnectOptions>()?.database(name);
+        let pool = PgPoolOptions::new().max_connections(40).connect_with(options).await?;
+        store::MIGRATOR.run(&pool).await?;
+        Ok(Scratch { name: name.to_owned(), pool })
     }
 
     async fn drop(self, database: &Database) {

@@ -1,0 +1,345 @@
+//! The `cwom` read model folded from the whole log in memory and written with `COPY`, for rebuilds
+//! ([`Projection::in_memory_fold`](crate::Projection::in_memory_fold)): the rows `apply_batch.sql` gives from
+//! empty tables, without a statement per batch.
+//!
+//! Why the rows are the same (read beside the header of `apply_batch.sql`): from empty tables, an object gets a
+//! row at its first `created` event (the document is `payload.object`, `created_position` that event's position)
+//! and never before; a later `created` changes nothing; an `updated` or `status_changed` merges `payload.changes`
+//! into the document top-level (`||`); a `linked` whose pair has a list field appends `{"kind", "id"}` to it
+//! unless an element of the list is an object with that `kind` and `id` (what `@>` finds), the field becoming an
+//! array first if it is not one; and an event on an object without a row changes nothing. The filter columns are
+//! taken from the final document: by Rust where the value is a string or SQL null (what `->>` gives then is
+//! plain), else by PostgreSQL with the same expressions (`write_objects.sql`). A link-table row is the first
+//! link of its pair, with that event's ts and position, whether or not either object exists. Which events do
+//! something is decided by the same [`op_of`]. `tests/cwom_batch.rs` compares this with `apply`, event by event.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use domain::event::EntityKind;
+use serde_json::{json, Map, Value};
+use sqlx::postgres::PgCopyIn;
+use sqlx::{Executor as _, PgConnection};
+use store::RecordedEvent;
+
+use super::{op_of, Op};
+use crate::rebuild::InMemoryFold;
+
+/// How many bytes of `COPY` data are sent at a time.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// The objects and links folded so far.
+#[derive(Default)]
+pub(crate) struct CwomInMemory {
+    objects: HashMap<(EntityKind, String), Object>,
+    links: HashMap<Link, (DateTime<Utc>, i64)>,
+}
+
+/// An object with a row: its document and the position of its `created` event.
+struct Object {
+    document: Map<String, Value>,
+    created_position: i64,
+}
+
+/// A link-table row's key: the owner and the linked object.
+#[derive(PartialEq, Eq, Hash)]
+struct Link {
+    owner_kind: EntityKind,
+    owner_id: String,
+    linked_kind: EntityKind,
+    linked_id: String,
+}
+
+/// What an event does, owning what it needs of the event.
+enum Step {
+    Create,
+    Update,
+    Link { linked_kind: EntityKind, linked_id: String },
+}
+
+#[async_trait]
+impl InMemoryFold for CwomInMemory {
+    fn fold(&mut self, events: Vec<RecordedEvent>) {
+        for mut event in events {
+            let step = match op_of(&event) {
+                None => continue,
+                Some(Op::Create { .. }) => Step::Create,
+                Some(Op::Update { .. }) => Step::Update,
+                Some(Op::Link { linked_kind, linked_id, statement: _ }) => {
+                    Step::Link { linked_kind, linked_id: linked_id.to_owned() }
+                }
+            };
+            let kind = event.stream.kind;
+            let key = (kind, std::mem::take(&mut event.stream.id));
+            match step {
+                Step::Create => {
+                    if let Entry::Vacant(vacant) = self.objects.entry(key) {
+                        // `op_of` found an object there.
+                        if let Some(Value::Object(document)) = event.payload.get_mut("object").map(Value::take) {
+                            vacant.insert(Object { document, created_position: event.position });
+                        }
+                    }
+                }
+                Step::Update => {
+                    if let Some(object) = self.objects.get_mut(&key) {
+                        if let Some(Value::Object(changes)) = event.payload.get_mut("changes").map(Value::take) {
+                            object.document.extend(changes);
+                        }
+                    }
+                }
+                Step::Link { linked_kind, linked_id } => {
+                    if let (Some(list), Some(object)) =
+                        (domain::cwom::link_list(kind, linked_kind), self.objects.get_mut(&key))
+                    {
+                        append_ref(&mut object.document, list, linked_kind, &linked_id);
+                    }
+                    let (owner_kind, owner_id) = key;
+                    self.links
+                        .entry(Link { owner_kind, owner_id, linked_kind, linked_id })
+                        .or_insert((event.ts, event.position));
+                }
+            }
+        }
+    }
+
+    async fn write(self: Box<Self>, conn: &mut PgConnection) -> anyhow::Result<()> {
+        let CwomInMemory { objects, links } = *self;
+        let mut objects: Vec<_> = objects.into_iter().collect();
+        objects.sort_unstable_by_key(|(_, object)| object.created_position);
+        // Straight into the kind's table where Rust can tell every filter column exactly; the rest through
+        // PostgreSQL's own expressions (`write_objects.sql`).
+        let mut odd = Vec::new();
+        for (kind, table, columns) in OBJECT_TABLES {
+            let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+            let statement = format!("copy {table} (id, {}, created_position, document) from stdin", names.join(", "));
+            let mut copy = Copy::begin(conn, &statement).await?;
+            for ((object_kind, id), object) in &objects {
+                if *object_kind != kind {
+                    continue;
+                }
+                let texts: Option<Vec<Option<&str>>> =
+                    columns.iter().map(|(_, path)| text_at(&object.document, path)).collect();
+                let Some(texts) = texts else {
+                    odd.push((kind, id, object));
+                    continue;
+                };
+                let created_position = object.created_position.to_string();
+                let document = serde_json::to_string(&object.document)?;
+                let mut fields = Vec::with_capacity(texts.len() + 3);
+                fields.push(Some(id.as_str()));
+                fields.extend(texts);
+                fields.push(Some(created_position.as_str()));
+                fields.push(Some(document.as_str()));
+                copy.row(&fields);
+                copy.send_if_full().await?;
+            }
+            copy.finish().await?;
+        }
+        if !odd.is_empty() {
+            // `Executor::execute` rather than `RawSql::execute`, whose future is not `Send` for every lifetime.
+            conn.execute(sqlx::raw_sql(
+                "create temporary table cwom_folded (kind text not null, id text not null, \
+                 created_position bigint not null, document jsonb not null) on commit drop",
+            ))
+            .await?;
+            let mut copy =
+                Copy::begin(conn, "copy cwom_folded (kind, id, created_position, document) from stdin").await?;
+            for (kind, id, object) in &odd {
+                let created_position = object.created_position.to_string();
+                let document = serde_json::to_string(&object.document)?;
+                copy.row(&[Some(kind.as_str()), Some(id.as_str()), Some(&created_position), Some(&document)]);
+                copy.send_if_full().await?;
+            }
+            copy.finish().await?;
+            conn.execute(sqlx::raw_sql(include_str!("../../../../projections/cwom/write_objects.sql"))).await?;
+        }
+        tracing::debug!("cwom: {} objects written, {} of them through write_objects.sql", objects.len(), odd.len());
+        drop(odd);
+        drop(objects);
+
+        let mut links: Vec<_> = links.into_iter().collect();
+        links.sort_unstable_by_key(|(_, (_, position))| *position);
+        for (table, owner_column, linked_column, owner_kind, linked_kind) in LINK_TABLES {
+            let statement =
+                format!("copy {table} ({owner_column}, {linked_column}, created_at, created_position) from stdin");
+            let mut copy = Copy::begin(conn, &statement).await?;
+            for (link, (ts, position)) in &links {
+                if link.owner_kind == owner_kind && link.linked_kind == linked_kind {
+                    let ts = ts.to_rfc3339_opts(SecondsFormat::Micros, true);
+                    let position = position.to_string();
+                    copy.row(&[Some(&link.owner_id), Some(&link.linked_id), Some(&ts), Some(&position)]);
+                    copy.send_if_full().await?;
+                }
+            }
+            copy.finish().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The object tables: kind, name, and each filter column with the path in the document it is taken from
+/// (`document -> a ->> b` in `apply_batch.sql`).
+type FilterColumns = &'static [(&'static str, &'static [&'static str])];
+const OBJECT_TABLES: [(EntityKind, &str, FilterColumns); 7] = [
+    (EntityKind::Repo, "cwom_repos", &[("slug", &["slug"]), ("visibility", &["visibility"])]),
+    (
+        EntityKind::Issue,
+        "cwom_issues",
+        &[
+            ("repo_id", &["repo", "id"]),
+            ("status", &["status"]),
+            ("issue_type", &["type"]),
+            ("priority", &["priority"]),
+        ],
+    ),
+    (EntityKind::ContextPacket, "cwom_context_packets", &[("for_issue_id", &["for_issue", "id"])]),
+    (
+        EntityKind::ConstraintSnapshot,
+        "cwom_constraint_snapshots",
+        &[("scope", &["scope"]), ("owner_id", &["owner", "actor_id"])],
+    ),
+    (
+        EntityKind::DoctrineRef,
+        "cwom_doctrine_refs",
+        &[
+            ("namespace", &["namespace"]),
+            ("name", &["name"]),
+            ("version", &["version"]),
+            ("doctrine_type", &["type"]),
+            ("priority", &["priority"]),
+        ],
+    ),
+    (
+        EntityKind::Run,
+        "cwom_runs",
+        &[
+            ("for_issue_id", &["for_issue", "id"]),
+            ("repo_id", &["repo", "id"]),
+            ("status", &["status"]),
+            ("mode", &["mode"]),
+        ],
+    ),
+    (
+        EntityKind::Artifact,
+        "cwom_artifacts",
+        &[
+            ("produced_by_id", &["produced_by", "id"]),
+            ("for_issue_id", &["for_issue", "id"]),
+            ("artifact_type", &["type"]),
+        ],
+    ),
+];
+
+/// `document -> a -> ... ->> last` as PostgreSQL gives it, where Rust can tell it exactly: `Some(None)` for SQL
+/// null (a missing key, a JSON null, or a step into something that is not an object), `Some(Some(text))` for a
+/// string; `None` for a number, boolean, object or array, whose text only PostgreSQL gives exactly.
+fn text_at<'d>(document: &'d Map<String, Value>, path: &[&str]) -> Option<Option<&'d str>> {
+    let (last, steps) = path.split_last()?;
+    let mut object = document;
+    for step in steps {
+        match object.get(*step) {
+            Some(Value::Object(inner)) => object = inner,
+            _ => return Some(None),
+        }
+    }
+    match object.get(*last) {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::String(text)) => Some(Some(text)),
+        Some(_) => None,
+    }
+}
+
+/// The six link tables: name, owner column, linked column, and the pair of kinds (as `link_*.sql` has them).
+const LINK_TABLES: [(&str, &str, &str, EntityKind, EntityKind); 6] = [
+    ("cwom_issue_context_packets", "issue_id", "context_packet_id", EntityKind::Issue, EntityKind::ContextPacket),
+    ("cwom_issue_doctrine_refs", "issue_id", "doctrine_ref_id", EntityKind::Issue, EntityKind::DoctrineRef),
+    (
+        "cwom_issue_constraint_snapshots",
+        "issue_id",
+        "constraint_snapshot_id",
+        EntityKind::Issue,
+        EntityKind::ConstraintSnapshot,
+    ),
+    ("cwom_run_context_packets", "run_id", "context_packet_id", EntityKind::Run, EntityKind::ContextPacket),
+    ("cwom_run_doctrine_refs", "run_id", "doctrine_ref_id", EntityKind::Run, EntityKind::DoctrineRef),
+    (
+        "cwom_context_packet_doctrine_refs",
+        "context_packet_id",
+        "doctrine_ref_id",
+        EntityKind::ContextPacket,
+        EntityKind::DoctrineRef,
+    ),
+];
+
+/// Appends `{"kind", "id"}` to the list `field` unless an element of it is an object with that kind and id; a
+/// field that is not an array becomes one first. What `apply_batch.sql` does with `@>` and `jsonb_set`.
+fn append_ref(document: &mut Map<String, Value>, field: &str, kind: EntityKind, id: &str) {
+    let is_the_ref = |item: &Value| {
+        item.get("kind").and_then(Value::as_str) == Some(kind.as_str())
+            && item.get("id").and_then(Value::as_str) == Some(id)
+    };
+    let the_ref = json!({ "kind": kind.as_str(), "id": id });
+    match document.get_mut(field) {
+        Some(Value::Array(items)) if items.iter().any(is_the_ref) => {}
+        Some(Value::Array(items)) => items.push(the_ref),
+        _ => {
+            document.insert(field.to_owned(), json!([the_ref]));
+        }
+    }
+}
+
+/// A `COPY ... from stdin` in text format, its rows sent a chunk at a time.
+struct Copy<'c> {
+    copy: PgCopyIn<&'c mut PgConnection>,
+    buffer: Vec<u8>,
+}
+
+impl<'c> Copy<'c> {
+    async fn begin(conn: &'c mut PgConnection, statement: &str) -> anyhow::Result<Copy<'c>> {
+        let copy = conn.copy_in_raw(statement).await?;
+        Ok(Copy { copy, buffer: Vec::with_capacity(COPY_CHUNK + 4096) })
+    }
+
+    /// One row; `None` is SQL null.
+    fn row(&mut self, fields: &[Option<&str>]) {
+        for (field_idx, field) in fields.iter().enumerate() {
+            if field_idx > 0 {
+                self.buffer.push(b'\t');
+            }
+            match field {
+                Some(field) => escape_into(&mut self.buffer, field),
+                None => self.buffer.extend_from_slice(b"\\N"),
+            }
+        }
+        self.buffer.push(b'\n');
+    }
+
+    async fn send_if_full(&mut self) -> anyhow::Result<()> {
+        if self.buffer.len() >= COPY_CHUNK {
+            self.copy.send(self.buffer.as_slice()).await?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends the rest; a failed `COPY` fails its transaction, which is then rolled back.
+    async fn finish(mut self) -> anyhow::Result<u64> {
+        self.copy.send(self.buffer.as_slice()).await?;
+        Ok(self.copy.finish().await?)
+    }
+}
+
+/// A field of `COPY`'s text format: backslash, tab, newline and carriage return escaped.
+fn escape_into(buffer: &mut Vec<u8>, field: &str) {
+    for &byte in field.as_bytes() {
+        match byte {
+            b'\\' => buffer.extend_from_slice(b"\\\\"),
+            b'\t' => buffer.extend_from_slice(b"\\t"),
+            b'\n' => buffer.extend_from_slice(b"\\n"),
+            b'\r' => buffer.extend_from_slice(b"\\r"),
+            _ => buffer.push(byte),
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! `jct bench`: measurements that print figures, each beside PostgreSQL's own single-row insert rate measured
 //! in the same run on the same machine, so every figure reads as a ratio. Nothing here passes or fails on time.
 //!
-//! Every benchmark runs in a scratch database of its own (`jct_bench_<ulid>`), dropped afterwards.
+//! Every benchmark runs in a scratch database of its own (`jct_bench_<ulid>`), dropped afterwards (unless
+//! `forensics --keep-database` asks to keep it).
 
 mod append;
 mod enqueue;
@@ -36,6 +37,9 @@ pub enum BenchCommand {
         /// How many audit queries by trace id to time.
         #[arg(long, default_value_t = 2_000)]
         queries: usize,
+        /// Keep the scratch database afterwards and print its name (to run `jct audit verify` on the log again).
+        #[arg(long)]
+        keep_database: bool,
     },
     /// The worker: wake latency (commit of TaskEnqueued → RunStarted) idle and under a steady enqueue rate,
     /// end-to-end tasks/s with the stub handler and trace folders, and the worker's own overhead per task.
@@ -78,7 +82,16 @@ pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Resu
     let scratch = Scratch::create(&database).await?;
     let result = match command {
         BenchCommand::Append { seconds } => append::run(&scratch.pool, Duration::from_secs(seconds)).await,
-        BenchCommand::Forensics { events, queries } => forensics::run(&scratch.pool, events, queries).await,
+        BenchCommand::Forensics { events, queries, keep_database } => {
+            let result = forensics::run(&scratch.pool, events, queries).await;
+            if keep_database {
+                println!("# kept the scratch database {}", scratch.name);
+                scratch.pool.close().await;
+                database.close().await;
+                return result;
+            }
+            result
+        }
         BenchCommand::Worker { idle_samples, rate, seconds, tasks, overhead_tasks, concurrency, create_cwom } => {
             let options = worker::bench::BenchOptions {
                 idle_samples,

@@ -18,7 +18,7 @@ use sqlx::Executor as _;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::canonical::{canonical_bytes, chain_hash, CanonicalEvent, GENESIS_HASH};
+use crate::canonical::{as_jsonb_reads_back, canonical_bytes, chain_hash, CanonicalEvent, GENESIS_HASH};
 use crate::record::RecordedEvent;
 use crate::EVENTS_CHANNEL;
 
@@ -415,6 +415,10 @@ pub async fn append_batch(
                         prev_hash: head_hash,
                         hash: Vec::new(),
                     };
+                    // The values as jsonb will give them back (no `-0.0`, no exponents on integers): what is
+                    // hashed is what the verifier and every reader read.
+                    as_jsonb_reads_back(&mut record.payload);
+                    record.before.iter_mut().chain(record.after.iter_mut()).for_each(as_jsonb_reads_back);
                     record.hash = chain_hash(&record.prev_hash, &canonical_bytes(&canonical_of(&record))).to_vec();
                     head_hash = record.hash.clone();
                     recorded.push(record);

@@ -218,6 +218,77 @@ pub fn chain_hash(prev_hash: &[u8], canonical: &[u8]) -> [u8; 32] {
     link_hash(prev_hash, &content_hash(canonical))
 }
 
+/// Replaces every number in `value` with the one read back once `value` has been stored in a jsonb column: the
+/// number serde_json reads from the text PostgreSQL prints for it (see [`jsonb_number_text`]).
+///
+/// jsonb keeps numbers as `numeric`, which has no negative zero and no exponent notation, so serde_json's
+/// `-0.0` comes back as `0.0` and `1e16` as the integer `10000000000000000`. The appender applies this to an
+/// event's jsonb values before hashing them, so the hash covers what readers and the verifier get back. With
+/// serde_json's `float_roundtrip` feature (the workspace enables it) parsing is exact, so a float comes back
+/// as itself unless it is a negative zero or an integer printed with an exponent, and applying this twice
+/// changes nothing more.
+pub fn as_jsonb_reads_back(value: &mut Value) {
+    match value {
+        Value::Number(number) if number.is_f64() => {
+            let text = number.to_string();
+            let read_back: Option<Value> = jsonb_number_text(&text).and_then(|text| serde_json::from_str(&text).ok());
+            if let Some(Value::Number(read_back)) = read_back {
+                *number = read_back;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(as_jsonb_reads_back),
+        Value::Object(map) => map.values_mut().for_each(as_jsonb_reads_back),
+        _ => {}
+    }
+}
+
+/// The text PostgreSQL's `numeric_out` prints for the number its `numeric_in` reads from `text`, a JSON number
+/// (jsonb stores numbers as `numeric`): plain decimal notation, as many fraction digits as `text` has after
+/// its point less its exponent (none if that is negative), and no sign on zero. `None` if `text` is not a
+/// JSON number.
+fn jsonb_number_text(text: &str) -> Option<String> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(unsigned) => (true, unsigned),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.strip_prefix('+').unwrap_or(exponent).parse::<i64>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if integer.is_empty()
+        || mantissa.ends_with('.')
+        || !integer.bytes().chain(fraction.bytes()).all(|byte| byte.is_ascii_digit())
+    {
+        return None;
+    }
+    let digits = format!("{integer}{fraction}");
+    // The value is `digits` with the decimal point `point` digits from their left (beyond them if `point` is
+    // larger than their number, before them with zeros between if it is negative).
+    let point = i64::try_from(integer.len()).ok()?.checked_add(exponent)?;
+    let length = i64::try_from(digits.len()).ok()?;
+    let (whole, fraction) = if point <= 0 {
+        (String::new(), format!("{}{digits}", "0".repeat(usize::try_from(-point).ok()?)))
+    } else if point >= length {
+        (format!("{digits}{}", "0".repeat(usize::try_from(point - length).ok()?)), String::new())
+    } else {
+        let (whole, fraction) = digits.split_at(usize::try_from(point).ok()?);
+        (whole.to_owned(), fraction.to_owned())
+    };
+    let whole = whole.trim_start_matches('0');
+    let is_zero = whole.is_empty() && fraction.bytes().all(|byte| byte == b'0');
+    let mut printed = String::with_capacity(whole.len() + fraction.len() + 3);
+    if negative && !is_zero {
+        printed.push('-');
+    }
+    printed.push_str(if whole.is_empty() { "0" } else { whole });
+    if !fraction.is_empty() {
+        printed.push('.');
+        printed.push_str(&fraction);
+    }
+    Some(printed)
+}
+
 fn write_number(out: &mut Vec<u8>, number: i64) {
     use std::io::Write as _;
     write!(out, "{number}").expect("writing to a Vec cannot fail");
@@ -1079,6 +1150,69 @@ mod tests {
             idempotency_key: event.idempotency_key,
             unique_keys: event.unique_keys,
         }
+    }
+
+    /// What PostgreSQL 15 prints for `select '<text>'::jsonb`, checked by hand with psql.
+    #[test]
+    fn jsonb_number_text_is_what_postgresql_prints() {
+        for (text, printed) in [
+            ("-0.0", "0.0"),
+            ("-0", "0"),
+            ("-0e5", "0"),
+            ("0", "0"),
+            ("1e16", "10000000000000000"),
+            ("1.5e-7", "0.00000015"),
+            ("1E+2", "100"),
+            ("1e2", "100"),
+            ("1.0", "1.0"),
+            ("1.50e1", "15.0"),
+            ("1E-7", "0.0000001"),
+            ("-12.5", "-12.5"),
+            ("123.456e1", "1234.56"),
+            ("18446744073709551616", "18446744073709551616"),
+            ("2.5e-3", "0.0025"),
+        ] {
+            assert_eq!(jsonb_number_text(text).as_deref(), Some(printed), "{text}");
+        }
+        assert_eq!(jsonb_number_text("5e-324").unwrap(), format!("0.{}5", "0".repeat(323)));
+        assert_eq!(
+            jsonb_number_text("1.7976931348623157e308").unwrap(),
+            format!("17976931348623157{}", "0".repeat(292))
+        );
+        for text in ["", "-", "1.", ".5", "1e", "a", "1x"] {
+            assert_eq!(jsonb_number_text(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn numbers_read_back_from_jsonb_keep_their_value_and_are_stable() {
+        use rand::{Rng as _, SeedableRng as _};
+        let read_back = |value: &Value| {
+            let mut value = value.clone();
+            as_jsonb_reads_back(&mut value);
+            value
+        };
+        assert_eq!(read_back(&json_f64(-0.0)).to_string(), "0.0");
+        assert_eq!(read_back(&json_f64(1e16)).to_string(), "10000000000000000");
+        assert_eq!(read_back(&json_f64(-1.5e18)).to_string(), "-1500000000000000000");
+        assert_eq!(read_back(&json_f64(1e20)), json_f64(1e20), "beyond u64 stays a float");
+        assert_eq!(read_back(&json_f64(1e-7)).to_string(), "1e-7");
+        let nested = serde_json::json!({"a": [-0.0, {"b": 1e16}], "c": -0.0, "d": 7});
+        assert_eq!(read_back(&nested).to_string(), r#"{"a":[0.0,{"b":10000000000000000}],"c":0.0,"d":7}"#);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x6a73_6f6e);
+        for _ in 0..200_000 {
+            let float = f64::from_bits(rng.gen());
+            if !float.is_finite() {
+                continue;
+            }
+            let once = read_back(&json_f64(float));
+            assert_eq!(once.as_f64(), Some(if float == 0.0 { 0.0 } else { float }), "{float:e} keeps its value");
+            assert_eq!(read_back(&once), once, "{float:e} reads back as itself the second time");
+        }
+    }
+
+    fn json_f64(float: f64) -> Value {
+        Value::Number(serde_json::Number::from_f64(float).unwrap())
     }
 
     #[test]

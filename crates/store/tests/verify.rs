@@ -183,3 +183,47 @@ async fn an_empty_log_verifies() {
     assert_eq!(report.events_checked, 0);
     assert_eq!(report.head_hash, hex::encode([0_u8; 32]));
 }
+
+/// Numbers whose text jsonb prints differently from serde_json (no negative zero, no exponents, trailing
+/// zeros kept): appended, they verify, and the events the append returned hold what the log reads back.
+#[tokio::test]
+async fn numbers_jsonb_prints_differently_verify() {
+    let pool = fresh_pool().await;
+    let store = EventStore::new(pool.clone());
+    let numbers = r#"[-0.0, -0, 0.0, -0e5, 1e2, 1E+2, 1.0, 1E-7, 2.5e-3, 1.50e1, 1e16, 1.5e18, -9.2e18, 1e20, 1e21,
+        18446744073709551615, 18446744073709551616, -9223372036854775808, -9223372036854775809,
+        123456789012345678901234567890, 5e-324, 1.7976931348623157e308, 0.30000000000000004, -1e-300]"#;
+    let numbers: Value = serde_json::from_str(numbers).unwrap();
+    let stream = StreamId::new(EntityKind::Task, ulid::Ulid::new().to_string());
+    let events = numbers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|number| {
+            NewEvent::new(
+                EventData {
+                    stream: stream.clone(),
+                    event_type: "TestHappened".to_owned(),
+                    schema_version: 1,
+                    payload: json!({"n": number, "all": numbers, "nested": [{"n": number}]}),
+                    before: Some(number.clone()),
+                    after: Some(json!({"n": number})),
+                    action: Action::Updated,
+                    note: None,
+                },
+                Actor::system("verify-test"),
+            )
+        })
+        .collect();
+    let appended = store.append(NewCommand { events, ..NewCommand::default() }).await.unwrap();
+    let report = verify(&pool).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, numbers.as_array().unwrap().len() as i64);
+    let read_back: Vec<(Value, Option<Value>)> =
+        sqlx::query_as("select payload, before from audit_log order by position").fetch_all(&pool).await.unwrap();
+    for (event, (payload, before)) in appended.events.iter().zip(&read_back) {
+        assert_eq!(event.payload.to_string(), payload.to_string());
+        assert_eq!(event.before.as_ref().map(Value::to_string), before.as_ref().map(Value::to_string));
+    }
+    assert_eq!(read_back[0].1.as_ref().map(Value::to_string).as_deref(), Some("0.0"));
+}

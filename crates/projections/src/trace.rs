@@ -56,13 +56,31 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, then `rename`. Creates the
 /// parent directories.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_via_temp(path, bytes, false)
+}
+
+/// As [`write_atomic`], and durably: the file's content is flushed to the disk before the rename and the
+/// directory's entry after it. For what a committed event names and no rebuild can make again (blobs); trace
+/// folders are a projection and use [`write_atomic`].
+fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_via_temp(path, bytes, true)
+}
+
+fn write_via_temp(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().ok_or_else(|| std::io::Error::other("a path without a parent"))?;
     std::fs::create_dir_all(dir)?;
     let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     let temp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-    let written = std::fs::File::create(&temp).and_then(|mut file| file.write_all(bytes));
+    let written = std::fs::File::create(&temp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        if durable {
+            file.sync_all()?;
+        }
+        Ok(())
+    });
     match written.and_then(|()| std::fs::rename(&temp, path)) {
+        Ok(()) if durable => sync_dir(dir),
         Ok(()) => Ok(()),
         Err(error) => {
             let _ = std::fs::remove_file(&temp);
@@ -71,7 +89,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
 }
 
+/// Flushes a directory's entries (a rename into it) to the disk.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Content-addressed storage of handler logs and artifacts: `<root>/sha256/<hex>`, written once, never changed.
+/// Every blob is on the disk (content and directory entry) before `put` returns, so an event appended after it
+/// never names content a crash could lose.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
@@ -106,7 +131,7 @@ impl BlobStore {
         let digest = sha256_digest(bytes);
         let path = self.path(&digest).expect("a sha256 digest");
         if !path.exists() {
-            write_atomic(&path, bytes)?;
+            write_durable(&path, bytes)?;
         }
         Ok(Blob { digest, size_bytes: bytes.len() as u64 })
     }
@@ -132,12 +157,14 @@ impl BlobStore {
                 output.write_all(&buffer[..n])?;
                 size_bytes += n as u64;
             }
+            output.sync_all()?;
             let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
             let path = self.path(&digest).expect("a sha256 digest");
             if path.exists() {
                 std::fs::remove_file(&temp)?;
             } else {
                 std::fs::rename(&temp, &path)?;
+                sync_dir(&dir)?;
             }
             Ok(Blob { digest, size_bytes })
         })();

@@ -975,21 +975,7 @@ async fn the_cwom_read_model_rebuilt_from_the_log_equals_the_live_one() {
     patch(&test, &format!("/cwom/runs/{}", id(&run)), Some(&json!({"cost": {"usd": 0.5}}))).await;
     patch(&test, &format!("/cwom/issues/{issue_id}/status?status=blocked"), None).await;
 
-    let tables = [
-        "cwom_repos",
-        "cwom_issues",
-        "cwom_context_packets",
-        "cwom_constraint_snapshots",
-        "cwom_doctrine_refs",
-        "cwom_runs",
-        "cwom_artifacts",
-        "cwom_issue_context_packets",
-        "cwom_issue_doctrine_refs",
-        "cwom_issue_constraint_snapshots",
-        "cwom_run_context_packets",
-        "cwom_run_doctrine_refs",
-        "cwom_context_packet_doctrine_refs",
-    ];
+    let tables = crate::cwom_batch::TABLES;
     let checksums = |pool: sqlx::PgPool| async move {
         let mut sums = Vec::new();
         for table in tables {

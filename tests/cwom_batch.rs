@@ -17,7 +17,8 @@ use store::RecordedEvent;
 
 use crate::harness::fresh_database;
 
-const TABLES: [&str; 13] = [
+/// Every table of the `cwom` read model.
+pub const TABLES: [&str; 13] = [
     "cwom_repos",
     "cwom_issues",
     "cwom_context_packets",

@@ -7,3 +7,4 @@ mod guard;
 mod subscribe;
 mod support;
 mod tamper;
+mod verify;

@@ -44,3 +44,13 @@ pub fn command(n_events: usize) -> NewCommand {
 pub async fn count_events(pool: &PgPool) -> i64 {
     sqlx::query_scalar("select count(*) from audit_log").fetch_one(pool).await.expect("count")
 }
+
+/// Runs statements as a superuser with triggers switched off (`session_replication_role = replica`).
+pub async fn tamper(pool: &PgPool, statements: &[&str]) {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("set session_replication_role = replica").execute(&mut *conn).await.unwrap();
+    for statement in statements {
+        sqlx::query(statement).execute(&mut *conn).await.unwrap();
+    }
+    sqlx::query("set session_replication_role = origin").execute(&mut *conn).await.unwrap();
+}

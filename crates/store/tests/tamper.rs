@@ -3,7 +3,7 @@
 use sqlx::PgPool;
 use store::EventStore;
 
-use crate::support::{command, fresh_pool};
+use crate::support::{command, fresh_pool, tamper};
 
 async fn log_of_ten_events() -> PgPool {
     let pool = fresh_pool(4).await;
@@ -15,16 +15,6 @@ async fn log_of_ten_events() -> PgPool {
     assert!(report.ok, "{report:?}");
     assert_eq!(report.events_checked, 10);
     pool
-}
-
-/// Runs statements as a superuser with triggers switched off (`session_replication_role = replica`).
-async fn tamper(pool: &PgPool, statements: &[&str]) {
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("set session_replication_role = replica").execute(&mut *conn).await.unwrap();
-    for statement in statements {
-        sqlx::query(statement).execute(&mut *conn).await.unwrap();
-    }
-    sqlx::query("set session_replication_role = origin").execute(&mut *conn).await.unwrap();
 }
 
 async fn first_bad_position(pool: &PgPool) -> Option<i64> {

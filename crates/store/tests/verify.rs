@@ -2,25 +2,17 @@
 //! and rows altered, removed, renumbered or swapped anywhere (inside a stretch or across a stretch boundary)
 //! are named by their first bad position.
 
-extern crate jct_store as store;
-
 use domain::event::{Action, Actor, EntityKind, EventData, StreamId};
 use serde_json::{json, Value};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use store::{EventStore, NewCommand, NewEvent};
+
+use crate::support::{fresh_pool, tamper};
 
 /// Events in the test log: many of the verifier's read stretches (2,048 positions each, so 8,192 | 8,193 and
 /// 16,384 | 16,385 are boundaries between two; a boundary of 4,096- or 8,192-position stretches too).
 const EVENTS: i64 = 20_000;
 const PER_COMMAND: i64 = 250;
-
-async fn fresh_pool() -> PgPool {
-    let url = devdb::test_server().await.expect("test server").fresh_database().await.expect("fresh database");
-    let pool = PgPoolOptions::new().max_connections(8).connect(&url).await.expect("connect");
-    store::MIGRATOR.run(&pool).await.expect("migrate");
-    pool
-}
 
 /// A payload of awkward JSON: keys jsonb reorders (it sorts by length first), escapes, unicode, numbers of every
 /// form serde_json keeps, nesting.
@@ -53,7 +45,7 @@ fn event(stream: &StreamId, seq: i64) -> NewEvent {
 }
 
 async fn long_log() -> PgPool {
-    let pool = fresh_pool().await;
+    let pool = fresh_pool(8).await;
     let store = EventStore::new(pool.clone());
     for command_idx in 0..EVENTS / PER_COMMAND {
         let stream = StreamId::new(EntityKind::Task, ulid::Ulid::new().to_string());
@@ -64,16 +56,6 @@ async fn long_log() -> PgPool {
             .unwrap();
     }
     pool
-}
-
-/// Runs statements with the append-only triggers switched off, as a superuser could.
-async fn tamper(pool: &PgPool, statements: &[&str]) {
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("set session_replication_role = replica").execute(&mut *conn).await.unwrap();
-    for statement in statements {
-        sqlx::query(statement).execute(&mut *conn).await.unwrap();
-    }
-    sqlx::query("set session_replication_role = origin").execute(&mut *conn).await.unwrap();
 }
 
 async fn verify(pool: &PgPool) -> store::verify::VerifyReport {
@@ -177,7 +159,7 @@ async fn a_long_log_of_awkward_json_verifies_and_every_kind_of_tampering_is_name
 
 #[tokio::test]
 async fn an_empty_log_verifies() {
-    let pool = fresh_pool().await;
+    let pool = fresh_pool(8).await;
     let report = verify(&pool).await;
     assert!(report.ok);
     assert_eq!(report.events_checked, 0);
@@ -188,7 +170,7 @@ async fn an_empty_log_verifies() {
 /// zeros kept): appended, they verify, and the events the append returned hold what the log reads back.
 #[tokio::test]
 async fn numbers_jsonb_prints_differently_verify() {
-    let pool = fresh_pool().await;
+    let pool = fresh_pool(8).await;
     let store = EventStore::new(pool.clone());
     let numbers = r#"[-0.0, -0, 0.0, -0e5, 1e2, 1E+2, 1.0, 1E-7, 2.5e-3, 1.50e1, 1e16, 1.5e18, -9.2e18, 1e20, 1e21,
         18446744073709551615, 18446744073709551616, -9223372036854775808, -9223372036854775809,

@@ -47,17 +47,14 @@ pub async fn enqueue(app: &App, request: EnqueueRequest) -> Result<EnqueueOutcom
     let spec = parse_task_spec(&request.body).map_err(EnqueueError::Invalid)?;
     // The policy runs before the idempotency lookup, as in the original: a now-disallowed repo is a 422.
     let spec = evaluate(&spec, &app.config().policy).map_err(EnqueueError::Policy)?;
-    if let Some(key) = &spec.idempotency_key {
-        if let Some(task) = existing_task_for_key(app, key).await? {
-            return Ok(EnqueueOutcome::Duplicate { task });
-        }
-    }
+    // A repeated idempotency key is found by the append itself (it checks every key under the append lock),
+    // so a new task pays no round trip for the lookup; a repeat pays one batch and writes nothing.
     for _ in 0..MAX_ENQUEUE_ATTEMPTS {
         let task_id = ulid::Ulid::new().to_string();
         let now = now();
         let cwom: Option<TaskCwom> = if request.create_cwom {
             let existing_repo =
-                store::read::claim_owner(app.pool(), &repo_slug_key(&spec.target.repo)).await?.map(|(repo, _)| repo.id);
+                app.store().claim_owner(&repo_slug_key(&spec.target.repo)).await?.map(|(repo, _)| repo.id);
             let fresh_ids = CwomIds {
                 repo_id: ulid::Ulid::new().to_string(),
                 constraint_snapshot_id: ulid::Ulid::new().to_string(),
@@ -109,7 +106,7 @@ pub async fn enqueue(app: &App, request: EnqueueRequest) -> Result<EnqueueOutcom
 }
 
 async fn existing_task_for_key(app: &App, key: &str) -> anyhow::Result<Option<Value>> {
-    let Some((stream, position)) = store::read::claim_owner(app.pool(), &idempotency_key_claim(key)).await? else {
+    let Some((stream, position)) = app.store().claim_owner(&idempotency_key_claim(key)).await? else {
         return Ok(None);
     };
     app.wait_for(position).await?;

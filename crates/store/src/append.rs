@@ -31,6 +31,9 @@ const MAX_COMMANDS_PER_BATCH: usize = 256;
 /// How many commands may wait for the batching task before `append` callers wait for room.
 const QUEUE_CAPACITY: usize = 4096;
 
+/// How many unique-key owners [`EventStore::claim_owner`] remembers.
+const CLAIM_CACHE_CAPACITY: usize = 65_536;
+
 /// The version a command expects a stream to be at before its events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpectedVersion {
@@ -104,6 +107,9 @@ pub struct EventStore {
     pool: PgPool,
     queue: mpsc::Sender<Pending>,
     inline: Option<Arc<dyn InlineProjector>>,
+    /// Owners of unique keys already read. A claim never changes owner: `unique_claims` only grows, and it is
+    /// derived from the append-only log, so a remembered owner can never be stale.
+    claim_owners: Arc<quick_cache::sync::Cache<String, (StreamId, i64)>>,
 }
 
 struct Pending {
@@ -125,7 +131,21 @@ impl EventStore {
     fn start(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>) -> EventStore {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         tokio::spawn(run_batches(pool.clone(), inline.clone(), receiver));
-        EventStore { pool, queue, inline }
+        let claim_owners = Arc::new(quick_cache::sync::Cache::new(CLAIM_CACHE_CAPACITY));
+        EventStore { pool, queue, inline, claim_owners }
+    }
+
+    /// The stream that claimed unique key `key` and the position of that claim, or `None` if nobody has. An
+    /// owner once read is remembered (claims never change owner), so a hot key costs no round trip.
+    pub async fn claim_owner(&self, key: &str) -> anyhow::Result<Option<(StreamId, i64)>> {
+        if let Some(owner) = self.claim_owners.get(key) {
+            return Ok(Some(owner));
+        }
+        let owner = crate::read::claim_owner(&self.pool, key).await?;
+        if let Some(owner) = &owner {
+            self.claim_owners.insert(key.to_owned(), owner.clone());
+        }
+        Ok(owner)
     }
 
     /// Appends `commands` inside the caller's transaction, as [`append_batch`] does, and applies the inline read
@@ -137,7 +157,7 @@ impl EventStore {
         commands: Vec<NewCommand>,
     ) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
         let mut results = append_batch(&mut *conn, commands).await?;
-        apply_inline(self.inline.as_deref(), conn, &mut results).await;
+        apply_inline_in_savepoint(self.inline.as_deref(), conn, &mut results).await;
         Ok(results)
     }
 
@@ -163,23 +183,29 @@ async fn run_batches(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>, mut
         let batch: Vec<Pending> = std::mem::take(&mut waiting);
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|pending| (pending.command, pending.reply)).unzip();
-        let results = append_in_own_transaction(&pool, inline.as_deref(), commands.clone()).await;
-        let results = match results {
+        let results = match append_in_own_transaction(&pool, inline.as_deref(), commands.clone()).await {
             Ok(results) => results,
-            Err(error) if commands.len() > 1 => {
-                // One command may have broken the whole batch (a database check, say): retry each alone so
-                // the others still land and only the culprit fails.
-                tracing::warn!("failed to append a batch of {}, retrying one by one: {error:#}", commands.len());
-                let mut results = Vec::with_capacity(commands.len());
-                for command in commands {
-                    results.push(match append_in_own_transaction(&pool, inline.as_deref(), vec![command]).await {
-                        Ok(mut one) => one.pop().expect("one result per command"),
-                        Err(error) => Err(AppendError::Internal(error)),
-                    });
+            Err(error) => {
+                // The inline read models, or one command (a database check, say), broke the whole batch; nothing
+                // of it committed. Retry without the inline read models (their projectors catch up), then each
+                // command alone, so that the others still land and only a culprit fails.
+                tracing::warn!("failed to append a batch of {}, retrying: {error:#}", commands.len());
+                match append_in_own_transaction(&pool, None, commands.clone()).await {
+                    Ok(results) => results,
+                    Err(error) if commands.len() > 1 => {
+                        tracing::warn!("failed again, appending the {} commands one by one: {error:#}", commands.len());
+                        let mut results = Vec::with_capacity(commands.len());
+                        for command in commands {
+                            results.push(match append_in_own_transaction(&pool, None, vec![command]).await {
+                                Ok(mut one) => one.pop().expect("one result per command"),
+                                Err(error) => Err(AppendError::Internal(error)),
+                            });
+                        }
+                        results
+                    }
+                    Err(error) => vec![Err(AppendError::Internal(error))],
                 }
-                results
             }
-            Err(error) => vec![Err(AppendError::Internal(error))],
         };
         for (reply, result) in replies.into_iter().zip(results) {
             // A caller that gave up waiting is not an error: its events are committed either way.
@@ -188,6 +214,9 @@ async fn run_batches(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>, mut
     }
 }
 
+/// One batch in a transaction of its own. The inline read models are applied without a savepoint (two round
+/// trips fewer while the append lock is held): if they fail, the whole transaction fails and the caller retries
+/// the batch without them.
 async fn append_in_own_transaction(
     pool: &PgPool,
     inline: Option<&dyn InlineProjector>,
@@ -195,41 +224,63 @@ async fn append_in_own_transaction(
 ) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
     let mut tx = pool.begin().await.context("begin append transaction")?;
     let mut results = append_batch(&mut tx, commands).await?;
-    apply_inline(inline, &mut tx, &mut results).await;
+    if let Some(inline) = inline {
+        let (events, counts) = take_events(&mut results);
+        if !events.is_empty() {
+            let all_applied = inline.apply_appended(&mut tx, &events).await?;
+            give_back_events(&mut results, events, &counts, all_applied);
+        }
+    }
     tx.commit().await.context("commit append transaction")?;
     Ok(results)
 }
 
 /// Runs the inline projector over a batch's stored events inside a savepoint: a read model that fails to apply
 /// is rolled back to where it was (its projector retries and reports it), and the events commit regardless.
-async fn apply_inline(
+/// For batches in a caller's transaction, which the store cannot retry.
+async fn apply_inline_in_savepoint(
     inline: Option<&dyn InlineProjector>,
     conn: &mut PgConnection,
     results: &mut [Result<Appended, AppendError>],
 ) {
     let Some(inline) = inline else { return };
-    // The projector reads the batch's events as one slice: moved out of the results and back, not copied.
+    let (events, counts) = take_events(results);
+    if events.is_empty() {
+        return;
+    }
+    let all_applied = match apply_in_savepoint(inline, conn, &events).await {
+        Ok(all_applied) => all_applied,
+        Err(error) => {
+            tracing::warn!("inline read models not applied; their projectors will catch up: {error:#}");
+            false
+        }
+    };
+    give_back_events(results, events, &counts, all_applied);
+}
+
+/// The stored events of every successful command as one slice for the inline projector, moved out of the
+/// results (not copied), with how many each command had.
+fn take_events(results: &mut [Result<Appended, AppendError>]) -> (Vec<RecordedEvent>, Vec<usize>) {
     let mut counts = Vec::new();
     let mut events: Vec<RecordedEvent> = Vec::new();
     for appended in results.iter_mut().filter_map(|result| result.as_mut().ok()) {
         counts.push(appended.events.len());
         events.append(&mut appended.events);
     }
-    if events.is_empty() {
-        return;
-    }
-    let outcome = apply_in_savepoint(inline, conn, &events).await;
+    (events, counts)
+}
+
+/// Puts back what [`take_events`] took, marking whether the inline read models applied them.
+fn give_back_events(
+    results: &mut [Result<Appended, AppendError>],
+    events: Vec<RecordedEvent>,
+    counts: &[usize],
+    read_models_applied: bool,
+) {
     let mut events = events.into_iter();
     for (appended, count) in results.iter_mut().filter_map(|result| result.as_mut().ok()).zip(counts) {
-        appended.events = events.by_ref().take(count).collect();
-    }
-    match outcome {
-        Ok(all_applied) => {
-            for appended in results.iter_mut().filter_map(|result| result.as_mut().ok()) {
-                appended.read_models_applied = all_applied;
-            }
-        }
-        Err(error) => tracing::warn!("inline read models not applied; their projectors will catch up: {error:#}"),
+        appended.events = events.by_ref().take(*count).collect();
+        appended.read_models_applied = read_models_applied;
     }
 }
 
@@ -300,13 +351,8 @@ pub async fn append_batch(
             anyhow::bail!("{error}");
         }
     }
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(APPEND_LOCK_KEY)
-        .execute(&mut *conn)
-        .await
-        .context("take the append lock")?;
-
-    // What the checks need, read in one round trip now that no other appender can move the log.
+    // The lock, then what the checks need, read under it in the same round trip: the head, stream versions and
+    // claims as no other appender can move them now (migrations/0004_append_lock_and_read.sql).
     let mut stream_kinds = Vec::new();
     let mut stream_ids = Vec::new();
     let mut claim_keys = Vec::new();
@@ -324,24 +370,14 @@ pub async fn append_batch(
             claim_keys.push(idempotency_claim(key));
         }
     }
-    let rows = sqlx::query(
-        "select 'head' as what, null::text as a, null::text as b, null::text as c, position as n, hash \
-           from (select position, hash from audit_log order by position desc limit 1) as head \
-         union all \
-         select 'stream', s.kind, s.id, null, \
-                (select max(stream_version) from audit_log l where l.entity_kind = s.kind and l.entity_id = s.id), \
-                null \
-           from (select distinct kind, id from unnest($1::text[], $2::text[]) as u(kind, id)) as s \
-         union all \
-         select 'claim', c.key, c.entity_kind, c.entity_id, c.position, null \
-           from unique_claims c where c.key = any($3::text[])",
-    )
-    .bind(&stream_kinds)
-    .bind(&stream_ids)
-    .bind(&claim_keys)
-    .fetch_all(&mut *conn)
-    .await
-    .context("read the log head, stream versions and claims")?;
+    let rows = sqlx::query("select what, a, b, c, n, head_hash as hash from append_lock_and_read($1, $2, $3, $4)")
+        .bind(APPEND_LOCK_KEY)
+        .bind(&stream_kinds)
+        .bind(&stream_ids)
+        .bind(&claim_keys)
+        .fetch_all(&mut *conn)
+        .await
+        .context("take the append lock; read the log head, stream versions and claims")?;
 
     let mut head_position = 0_i64;
     let mut head_hash = GENESIS_HASH.to_vec();

@@ -156,6 +156,29 @@ async fn a_unique_key_belongs_to_one_stream() {
 }
 
 #[tokio::test]
+async fn the_store_remembers_a_claims_owner_but_not_its_absence() {
+    let pool = fresh_pool(4).await;
+    let store = EventStore::new(pool.clone());
+    let repo = StreamId::new(EntityKind::Repo, "01J00000000000000000000003");
+    let key = "repo_slug:acme/cache";
+    assert_eq!(store.claim_owner(key).await.unwrap(), None);
+    let appended = store
+        .append(NewCommand {
+            events: vec![event(&repo, "RepoCreated", serde_json::json!({})).claiming(key.into())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // An absence is never remembered: the claim made since is seen.
+    let owner = Some((repo.clone(), appended.last_position()));
+    assert_eq!(store.claim_owner(key).await.unwrap(), owner);
+    // An owner is: a claim never changes owner, so the store answers without reading the table again.
+    crate::support::tamper(&pool, &["delete from unique_claims"]).await;
+    assert_eq!(store.claim_owner(key).await.unwrap(), owner);
+    assert_eq!(read::claim_owner(&pool, key).await.unwrap(), None, "the table no longer has it");
+}
+
+#[tokio::test]
 async fn text_with_nul_is_refused_and_does_not_break_the_batch() {
     let pool = fresh_pool(4).await;
     let store = EventStore::new(pool.clone());

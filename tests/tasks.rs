@@ -82,6 +82,20 @@ async fn enqueue_creates_a_queued_task_with_normalised_fields_and_its_cwom_objec
 }
 
 #[tokio::test]
+async fn the_enqueue_answer_is_the_task_as_get_reads_it_numbers_included() {
+    // Enqueue answers with the task folded from its events, not read back: it must equal the stored row,
+    // whose jsonb rewrites numbers (`-0.0` → `0`, `1e2` → `100`, `1.50` → `1.50`).
+    let test = TestApp::spawn().await;
+    let numbers = json!({"neg_zero": -0.0, "exp": 1e2, "frac": 1.5, "big": 12345678901234567890_u64, "tiny": 1e-7});
+    let body = with(with(valid_task(), "/inputs", numbers.clone()), "/metadata", numbers);
+    let (status, created) = status_and_json(test.client.post("/tasks/enqueue").body_json(&body).send().await).await;
+    assert_eq!(status, 201, "{created}");
+    let (status, fetched) = status_and_json(test.get_task(created["task_id"].as_str().unwrap()).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(fetched, created["task"]);
+}
+
+#[tokio::test]
 async fn a_second_task_on_the_same_repo_reuses_its_cwom_repo() {
     let test = TestApp::spawn().await;
     let (_, first) = status_and_json(test.enqueue(&valid_task()).await).await;

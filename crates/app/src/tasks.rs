@@ -79,9 +79,9 @@ pub async fn enqueue(app: &App, request: EnqueueRequest) -> Result<EnqueueOutcom
             Ok(appended) => {
                 let position = appended.last_position();
                 app.wait_for_appended(&appended).await?;
-                let task = projections::tasks::get_task(app.pool(), &task_id)
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("task {task_id} is missing from its read model"))?;
+                // The task as the read model now holds it, folded from the events rather than read back.
+                let task = projections::tasks::new_task_document(&appended.events, &task_id)?
+                    .ok_or_else(|| anyhow::anyhow!("the command for task {task_id} did not create it"))?;
                 return Ok(EnqueueOutcome::Created { task, cwom: cwom.map(|cwom| cwom.ids), position });
             }
             Err(AppendError::DuplicateIdempotencyKey { key, .. }) => {

@@ -138,6 +138,22 @@ impl Projection for TasksProjection {
     }
 }
 
+/// A new task's GET shape folded from the command that created it (its `TaskCreated` and the changes after it),
+/// the row the read model stores for it: what enqueue answers without reading the row back.
+pub fn new_task_document(events: &[RecordedEvent], task_id: &str) -> anyhow::Result<Option<Value>> {
+    let mut document: Option<Value> = None;
+    for event in events.iter().filter(|event| event.stream.kind == EntityKind::Task && event.stream.id == task_id) {
+        if event.event_type == events::TASK_CREATED {
+            document = Some(event.payload["task"].clone());
+        } else if let (Some(Value::Object(document)), Some(Value::Object(changes))) =
+            (document.as_mut(), changes_of(event)?)
+        {
+            document.extend(changes);
+        }
+    }
+    Ok(document)
+}
+
 /// The task fields any event other than `TaskCreated` changes (`None`: it changes none).
 fn changes_of(event: &RecordedEvent) -> anyhow::Result<Option<Value>> {
     if event.stream.kind != EntityKind::Task {

@@ -199,7 +199,7 @@ pub async fn rebuild(
     let (mut position, mut applied, mut read) = (0_i64, 0_u64, 0_u64);
     let head = store::read::head_position(pool).await?;
     let mut stretches = ReadAhead::spawn(pool.clone(), upcasters.clone(), filter, position, head);
-    // Memory grows with the folded objects (about 3.3 GB at the peak for a million enqueue-shaped events), so a
+    // Memory grows with the folded objects (about 1.8 GB at the peak for a million enqueue-shaped events), so a
     // longer log takes the batch path, whose memory does not grow with the log.
     let mut in_memory = if head <= IN_MEMORY_MAX_POSITIONS { projection.in_memory_fold() } else { None };
     while let Some((up_to, events)) = stretches.next().await? {

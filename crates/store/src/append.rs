@@ -223,7 +223,7 @@ async fn append_in_own_transaction(
     commands: Vec<NewCommand>,
 ) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
     let mut tx = pool.begin().await.context("begin append transaction")?;
-    let mut results = append_batch(&mut tx, commands).await?;
+    let mut results = append_validated(&mut tx, commands).await?;
     if let Some(inline) = inline {
         let (events, counts) = take_events(&mut results);
         if !events.is_empty() {
@@ -351,6 +351,15 @@ pub async fn append_batch(
             anyhow::bail!("{error}");
         }
     }
+    append_validated(conn, commands).await
+}
+
+/// [`append_batch`] for commands [`validate`] has passed (the batching task's, checked in
+/// [`EventStore::append`] before they were queued: walking every payload again would cost as much).
+async fn append_validated(
+    conn: &mut PgConnection,
+    commands: Vec<NewCommand>,
+) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
     // The lock, then what the checks need, read under it in the same round trip: the head, stream versions and
     // claims as no other appender can move them now (migrations/0004_append_lock_and_read.sql).
     let mut stream_kinds = Vec::new();

@@ -38,24 +38,30 @@ impl store::InlineProjector for InlineProjections {
     async fn apply_appended(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<bool> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(true) };
         let names: Vec<&str> = self.projections.iter().map(|projection| projection.name()).collect();
-        // One round trip for every checkpoint; rows another transaction holds are skipped, not awaited.
+        let versions: Vec<i32> = self.projections.iter().map(|projection| projection.version()).collect();
+        // One round trip: lock the checkpoints of the read models that sit exactly before the batch at the code's
+        // version (rows another transaction holds are skipped, not awaited) and move them past it. They commit
+        // or roll back with the folds below, in the same transaction.
         let rows = sqlx::query(
-            "select name, version, position from projection_checkpoints where name = any($1) for update skip locked",
+            "update projection_checkpoints c set position = $4, updated_at = now() \
+               from (select name from projection_checkpoints \
+                      where (name, version) in (select * from unnest($1::text[], $2::int[])) and position = $3 \
+                      for update skip locked) as current \
+              where c.name = current.name \
+             returning c.name",
         )
         .bind(&names)
+        .bind(&versions)
+        .bind(first.position - 1)
+        .bind(last.position)
         .fetch_all(&mut *conn)
         .await
-        .context("lock the checkpoints of the inline read models")?;
+        .context("take the checkpoints of the inline read models")?;
         let mut current = Vec::new();
         for row in &rows {
             let name: String = row.try_get("name")?;
-            let version: i32 = row.try_get("version")?;
-            let position: i64 = row.try_get("position")?;
-            let projection = self.projections.iter().find(|projection| projection.name() == name);
-            if let Some(projection) = projection {
-                if version == projection.version() && position == first.position - 1 {
-                    current.push(projection);
-                }
+            if let Some(projection) = self.projections.iter().find(|projection| projection.name() == name) {
+                current.push(projection);
             }
         }
         if current.is_empty() {
@@ -69,19 +75,11 @@ impl store::InlineProjector for InlineProjections {
             upcast = events.iter().cloned().map(|event| self.upcasters.upcast(event)).collect();
             &upcast
         };
-        let mut applied = Vec::with_capacity(current.len());
         for projection in current {
             projection.apply_batch(&mut *conn, events).await.with_context(|| {
                 format!("apply positions {}..={} to {} inline", first.position, last.position, projection.name())
             })?;
-            applied.push(projection.name());
         }
-        sqlx::query("update projection_checkpoints set position = $2, updated_at = now() where name = any($1)")
-            .bind(&applied)
-            .bind(last.position)
-            .execute(&mut *conn)
-            .await
-            .context("move the inline read models' checkpoints")?;
         Ok(all_applied)
     }
 }

@@ -59,14 +59,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_via_temp(path, bytes, false)
 }
 
-/// As [`write_atomic`], and durably: the file's content is flushed to the disk before the rename and the
-/// directory's entry after it. For what a committed event names and no rebuild can make again (blobs); trace
-/// folders are a projection and use [`write_atomic`].
-fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_via_temp(path, bytes, true)
-}
-
-fn write_via_temp(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
+/// Writes `bytes` to `path` through a temporary file and `rename`; with `sync_content`, the content is flushed to
+/// the disk before the rename (the directory's entry is then the caller's to flush: [`sync_dir`]).
+fn write_via_temp(path: &Path, bytes: &[u8], sync_content: bool) -> std::io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().ok_or_else(|| std::io::Error::other("a path without a parent"))?;
     std::fs::create_dir_all(dir)?;
@@ -74,13 +69,12 @@ fn write_via_temp(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<(
     let temp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let written = std::fs::File::create(&temp).and_then(|mut file| {
         file.write_all(bytes)?;
-        if durable {
+        if sync_content {
             file.sync_all()?;
         }
         Ok(())
     });
     match written.and_then(|()| std::fs::rename(&temp, path)) {
-        Ok(()) if durable => sync_dir(dir),
         Ok(()) => Ok(()),
         Err(error) => {
             let _ = std::fs::remove_file(&temp);
@@ -126,20 +120,58 @@ impl BlobStore {
             .then(|| self.root.join("sha256").join(hex.to_ascii_lowercase()))
     }
 
-    /// Stores `bytes` (a no-op when that content is stored already).
+    /// Stores `bytes` (a no-op when that content is stored already), on the disk when it returns.
     pub fn put(&self, bytes: &[u8]) -> std::io::Result<Blob> {
+        let mut batch = self.batch();
+        let blob = batch.put(bytes)?;
+        batch.finish()?;
+        Ok(blob)
+    }
+
+    /// Stores the file at `source`, on the disk when it returns.
+    pub fn put_file(&self, source: &Path) -> std::io::Result<Blob> {
+        let mut batch = self.batch();
+        let blob = batch.put_file(source)?;
+        batch.finish()?;
+        Ok(blob)
+    }
+
+    /// Several blobs stored with one flush of the directory: each content is on the disk as it is put, the
+    /// directory entries once [`BlobBatch::finish`] has returned. Name none of them in an event before that.
+    pub fn batch(&self) -> BlobBatch {
+        BlobBatch { store: self.clone(), renamed: false }
+    }
+
+    /// The content of a blob, if it is stored.
+    pub fn get(&self, digest: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.path(digest)?).ok()
+    }
+}
+
+/// Blobs being stored by [`BlobStore::batch`].
+#[must_use = "the blobs are on the disk only once `finish` has returned"]
+pub struct BlobBatch {
+    store: BlobStore,
+    /// Whether a blob was renamed into the directory since the last flush.
+    renamed: bool,
+}
+
+impl BlobBatch {
+    /// Stores `bytes` (a no-op when that content is stored already); its content is on the disk when it returns.
+    pub fn put(&mut self, bytes: &[u8]) -> std::io::Result<Blob> {
         let digest = sha256_digest(bytes);
-        let path = self.path(&digest).expect("a sha256 digest");
+        let path = self.store.path(&digest).expect("a sha256 digest");
         if !path.exists() {
-            write_durable(&path, bytes)?;
+            write_via_temp(&path, bytes, true)?;
+            self.renamed = true;
         }
         Ok(Blob { digest, size_bytes: bytes.len() as u64 })
     }
 
     /// Stores the file at `source`, hashing it while copying (large artifacts never sit in memory).
-    pub fn put_file(&self, source: &Path) -> std::io::Result<Blob> {
+    pub fn put_file(&mut self, source: &Path) -> std::io::Result<Blob> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let dir = self.root.join("sha256");
+        let dir = self.store.root.join("sha256");
         std::fs::create_dir_all(&dir)?;
         let temp = dir.join(format!(".incoming-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
         let result = (|| {
@@ -159,12 +191,12 @@ impl BlobStore {
             }
             output.sync_all()?;
             let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
-            let path = self.path(&digest).expect("a sha256 digest");
+            let path = self.store.path(&digest).expect("a sha256 digest");
             if path.exists() {
                 std::fs::remove_file(&temp)?;
             } else {
                 std::fs::rename(&temp, &path)?;
-                sync_dir(&dir)?;
+                self.renamed = true;
             }
             Ok(Blob { digest, size_bytes })
         })();
@@ -174,9 +206,12 @@ impl BlobStore {
         result
     }
 
-    /// The content of a blob, if it is stored.
-    pub fn get(&self, digest: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.path(digest)?).ok()
+    /// Flushes the directory entries of the blobs put (one `fsync` of the directory, none if nothing was new).
+    pub fn finish(self) -> std::io::Result<()> {
+        if self.renamed {
+            sync_dir(&self.store.root.join("sha256"))?;
+        }
+        Ok(())
     }
 }
 
@@ -696,4 +731,47 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
         }
     }
     files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch_root(test: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("jct-blobs-{test}-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    }
+
+    #[test]
+    fn a_batch_stores_each_blob_once_and_flushes_the_directory_only_for_new_ones() {
+        let root = scratch_root("batch");
+        let store = BlobStore::new(&root);
+        let source = root.join("artifact.bin");
+        std::fs::write(&source, b"from a file").unwrap();
+
+        let mut batch = store.batch();
+        let log = batch.put(b"the log").unwrap();
+        let file = batch.put_file(&source).unwrap();
+        assert!(batch.renamed, "two new blobs were renamed into the directory");
+        batch.finish().unwrap();
+        assert_eq!(log.digest, sha256_digest(b"the log"));
+        assert_eq!(file, Blob { digest: sha256_digest(b"from a file"), size_bytes: 11 });
+        assert_eq!(store.get(&log.digest).unwrap(), b"the log");
+        assert_eq!(store.get(&file.digest).unwrap(), b"from a file");
+
+        // The same content again: nothing written, nothing to flush, no temporary file left behind.
+        let mut again = store.batch();
+        assert_eq!(again.put(b"the log").unwrap(), log);
+        assert_eq!(again.put_file(&source).unwrap(), file);
+        assert!(!again.renamed);
+        again.finish().unwrap();
+        let names: Vec<String> = std::fs::read_dir(root.join("sha256"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.iter().all(|name| !name.starts_with('.')), "{names:?}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -12,7 +12,7 @@ use domain::task::run::{
     decide_artifacts, decide_finish, decide_release, decide_renew, ArtifactFacts, Finish, Refusal, Release, Renew,
     RetryPolicy, RunOutcome, TaskState,
 };
-use projections::trace::{file_uri, is_safe_relative_path};
+use projections::trace::{file_uri, is_safe_relative_path, BlobBatch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -151,21 +151,8 @@ async fn attempt(worker: &Worker, claimed: &ClaimedTask, scratch: &Path, release
         return Outcome::Abandoned { task_id, attempt, error };
     }
     // Blobs first: an event never names content that is not stored.
-    let log_digest = match store_blob(worker, result.log).await {
-        Ok(digest) => digest,
-        Err(error) => {
-            tracing::warn!("could not store the handler log: {error:#}");
-            None
-        }
-    };
-    let artifacts =
-        match collect_artifacts(worker, &claimed.task_id, &scratch.join("artifacts"), result.artifacts).await {
-            Ok(artifacts) => artifacts,
-            Err(error) => {
-                tracing::warn!("could not store the artifacts: {error:#}");
-                Vec::new()
-            }
-        };
+    let (log_digest, artifacts) =
+        store_outputs(worker, &claimed.task_id, &scratch.join("artifacts"), result.log, result.artifacts).await;
 
     let worker_id = worker.config.worker_id.as_str();
     if let Some(Stop::Released) = stop {
@@ -341,63 +328,90 @@ async fn record(
     }
 }
 
-async fn store_blob(worker: &Worker, bytes: Vec<u8>) -> anyhow::Result<Option<String>> {
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    let blobs = worker.blobs.clone();
-    let blob = tokio::task::spawn_blocking(move || blobs.put(&bytes)).await.context("blob writer panicked")??;
-    Ok(Some(blob.digest))
-}
-
-/// Stores the artifacts in the blob store and describes them, sorted by path: the handler's in-memory ones and
-/// every regular file under `dir` (a file wins over an in-memory artifact of the same path).
-async fn collect_artifacts(
+/// Stores the handler's log and artifacts in the blob store, on the disk (one flush of the blob directory for
+/// all of them) before it returns. A log or artifacts that could not be stored are left out, with a warning:
+/// the attempt still ends, and no event names content that is not stored.
+async fn store_outputs(
     worker: &Worker,
     task_id: &str,
     dir: &Path,
+    log: Vec<u8>,
     in_memory: Vec<(String, Vec<u8>)>,
-) -> anyhow::Result<Vec<ArtifactFacts>> {
-    let blobs = worker.blobs.clone();
+) -> (Option<String>, Vec<ArtifactFacts>) {
+    let mut blobs = worker.blobs.batch();
     let folder = worker.trace_root.join(task_id).join("artifacts");
     let dir = dir.to_path_buf();
     let scan = worker.config.handler == crate::HandlerKind::Exec;
-    tokio::task::spawn_blocking(move || {
-        let mut files = Vec::new();
-        if scan {
-            walk(&dir, &dir, &mut files)?;
-        }
-        let mut sources: std::collections::BTreeMap<String, Option<Vec<u8>>> =
-            in_memory.into_iter().map(|(path, bytes)| (path, Some(bytes))).collect();
-        for file in files {
-            sources.insert(file, None);
-        }
-        let mut artifacts = Vec::new();
-        for (relative, bytes) in sources {
-            if !is_safe_relative_path(&relative) {
-                continue;
+    let span = tracing::Span::current();
+    let stored = tokio::task::spawn_blocking(move || {
+        let _attempt = span.enter();
+        let log_digest = match (!log.is_empty()).then(|| blobs.put(&log)).transpose() {
+            Ok(blob) => blob.map(|blob| blob.digest),
+            Err(error) => {
+                tracing::warn!("could not store the handler log: {error:#}");
+                None
             }
-            let blob = match bytes {
-                Some(bytes) => blobs.put(&bytes),
-                None => blobs.put_file(&dir.join(&relative)),
+        };
+        let artifacts = collect_artifacts(&mut blobs, &folder, &dir, scan, in_memory).unwrap_or_else(|error| {
+            tracing::warn!("could not store the artifacts: {error:#}");
+            Vec::new()
+        });
+        match blobs.finish() {
+            Ok(()) => (log_digest, artifacts),
+            Err(error) => {
+                tracing::warn!("could not flush the blob directory; the log and artifacts are left out: {error:#}");
+                (None, Vec::new())
             }
-            .with_context(|| format!("store artifact {relative}"))?;
-            let (media_type, artifact_type) = kind_of(&relative);
-            artifacts.push(ArtifactFacts {
-                artifact_id: ulid::Ulid::new().to_string(),
-                uri: file_uri(&folder.join(&relative)),
-                digest: blob.digest,
-                size_bytes: blob.size_bytes,
-                media_type: media_type.to_owned(),
-                artifact_type: artifact_type.to_owned(),
-                title: relative.clone(),
-                path: relative,
-            });
         }
-        anyhow::Ok(artifacts)
     })
-    .await
-    .context("artifact collector panicked")?
+    .await;
+    stored.unwrap_or_else(|error| {
+        tracing::warn!("the blob writer panicked: {error:#}");
+        (None, Vec::new())
+    })
+}
+
+/// Stores the artifacts in `blobs` and describes them, sorted by path: the handler's in-memory ones and every
+/// regular file under `dir` when `scan` (a file wins over an in-memory artifact of the same path).
+fn collect_artifacts(
+    blobs: &mut BlobBatch,
+    folder: &Path,
+    dir: &Path,
+    scan: bool,
+    in_memory: Vec<(String, Vec<u8>)>,
+) -> anyhow::Result<Vec<ArtifactFacts>> {
+    let mut files = Vec::new();
+    if scan {
+        walk(dir, dir, &mut files)?;
+    }
+    let mut sources: std::collections::BTreeMap<String, Option<Vec<u8>>> =
+        in_memory.into_iter().map(|(path, bytes)| (path, Some(bytes))).collect();
+    for file in files {
+        sources.insert(file, None);
+    }
+    let mut artifacts = Vec::new();
+    for (relative, bytes) in sources {
+        if !is_safe_relative_path(&relative) {
+            continue;
+        }
+        let blob = match bytes {
+            Some(bytes) => blobs.put(&bytes),
+            None => blobs.put_file(&dir.join(&relative)),
+        }
+        .with_context(|| format!("store artifact {relative}"))?;
+        let (media_type, artifact_type) = kind_of(&relative);
+        artifacts.push(ArtifactFacts {
+            artifact_id: ulid::Ulid::new().to_string(),
+            uri: file_uri(&folder.join(&relative)),
+            digest: blob.digest,
+            size_bytes: blob.size_bytes,
+            media_type: media_type.to_owned(),
+            artifact_type: artifact_type.to_owned(),
+            title: relative.clone(),
+            path: relative,
+        });
+    }
+    Ok(artifacts)
 }
 
 fn walk(root: &Path, dir: &Path, files: &mut Vec<String>) -> anyhow::Result<()> {

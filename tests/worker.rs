@@ -14,11 +14,9 @@ use worker::{HandlerKind, Outcome, WorkerConfig};
 
 use crate::harness::{status_and_json, valid_task, TestApp};
 
-/// A directory of its own under the system's temp dir.
+/// A directory of its own under the system's temp dir (swept after six hours: `devdb::scratch_dir`).
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("jct-worker-test-{name}-{}", ulid::Ulid::new()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    devdb::scratch_dir(&format!("worker-{name}"))
 }
 
 /// Worker settings for tests: fast polls and backoff, its own trace root and blob root (outside the trace root,

@@ -42,10 +42,9 @@ async fn enqueue(app: &App, body: Value, create_cwom: bool) -> String {
     }
 }
 
+/// A directory of its own under the system's temp dir (swept after six hours: `devdb::scratch_dir`).
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("jct-proc-{name}-{}", ulid::Ulid::new()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    devdb::scratch_dir(&format!("processes-{name}"))
 }
 
 /// A `jct worker` process on `url`, with its own trace root under `dir`; its log goes to `dir/<id>.log`.

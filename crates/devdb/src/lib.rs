@@ -4,7 +4,8 @@
 //!   itself from the PostgreSQL installed on the machine, listening on a unix socket under the data root
 //!   only. As root, the server runs as an unprivileged OS user (`postgres`, else `nobody`, else `jct`).
 //! - [`test_server`] and [`TestServer::fresh_database`]: tests use the server at `DATABASE_URL`, or else
-//!   a throwaway cluster per test process, and a new database per test.
+//!   a throwaway cluster per test process, and a new database per test; [`scratch_dir`], a directory per
+//!   test for its files, swept after six hours as stale test databases are dropped.
 
 mod binaries;
 mod cluster;
@@ -12,4 +13,4 @@ mod os_user;
 mod testing;
 
 pub use cluster::{ManagedCluster, DEFAULT_DATABASE, SUPERUSER};
-pub use testing::{test_server, TestServer};
+pub use testing::{scratch_dir, test_server, TestServer};

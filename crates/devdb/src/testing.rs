@@ -161,6 +161,37 @@ async fn drop_stale_databases(conn: &mut PgConnection) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Names of the directories [`scratch_dir`] makes start with this; then what they are for, the creation time in
+/// Unix seconds and a random number: `jct-test-worker-exec-1767225600-3f9a0c41d2e8b7a6`.
+const DIR_PREFIX: &str = "jct-test-";
+
+/// A new directory under the system's temp dir for one test's files (trace folders, blobs, process logs). It is
+/// kept after the test, whose files help when it fails; the first call in a process removes the directories
+/// earlier runs left more than six hours ago, as [`TestServer::external`] drops stale test databases.
+pub fn scratch_dir(what: &str) -> PathBuf {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    let root = std::env::temp_dir();
+    SWEPT.call_once(|| remove_stale_dirs(&root));
+    let dir = root.join(format!("{DIR_PREFIX}{what}-{}-{:016x}", unix_now(), rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|error| panic!("create {}: {error}", dir.display()));
+    dir
+}
+
+fn remove_stale_dirs(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let now = unix_now();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(DIR_PREFIX) else { continue };
+        let created = rest.rsplit('-').nth(1).and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|created| created + STALE_AFTER_SECS < now) {
+            if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!("removing the stale test directory {name}: {error}");
+            }
+        }
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -168,6 +199,20 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_dirs_older_than_six_hours_are_swept_and_newer_ones_kept() {
+        let root = std::env::temp_dir().join(format!("jct-sweep-{:016x}", rand::random::<u64>()));
+        let old = root.join(format!("{DIR_PREFIX}worker-exec-{}-00", unix_now() - STALE_AFTER_SECS - 60));
+        let new = root.join(format!("{DIR_PREFIX}worker-exec-{}-00", unix_now()));
+        let other = root.join("jct-data-1-2");
+        for dir in [&old, &new, &other] {
+            std::fs::create_dir_all(dir.join("traces")).unwrap();
+        }
+        remove_stale_dirs(&root);
+        assert!(!old.exists() && new.exists() && other.exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn database_urls_swap_the_database() {

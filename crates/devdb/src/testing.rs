@@ -162,8 +162,9 @@ async fn drop_stale_databases(conn: &mut PgConnection) -> anyhow::Result<()> {
 }
 
 /// Names of the directories [`scratch_dir`] makes start with this; then what they are for, the creation time in
-/// Unix seconds and a random number: `jct-test-worker-exec-1767225600-3f9a0c41d2e8b7a6`.
-const DIR_PREFIX: &str = "jct-test-";
+/// Unix seconds and a 16-digit hex random number: `jct-scratch-worker-exec-1767225600-3f9a0c41d2e8b7a6`. (Not
+/// `jct-test-`: a throwaway cluster's directory starts with that.)
+const DIR_PREFIX: &str = "jct-scratch-";
 
 /// A new directory under the system's temp dir for one test's files (trace folders, blobs, process logs). It is
 /// kept after the test, whose files help when it fails; the first call in a process removes the directories
@@ -183,7 +184,13 @@ fn remove_stale_dirs(root: &std::path::Path) {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(DIR_PREFIX) else { continue };
-        let created = rest.rsplit('-').nth(1).and_then(|secs| secs.parse::<u64>().ok());
+        // Only names `scratch_dir` makes: `<what>-<secs>-<16 hex digits>`.
+        let mut parts = rest.rsplit('-');
+        let random = parts.next().unwrap_or_default();
+        if random.len() != 16 || !random.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            continue;
+        }
+        let created = parts.next().and_then(|secs| secs.parse::<u64>().ok());
         if created.is_some_and(|created| created + STALE_AFTER_SECS < now) {
             if let Err(error) = std::fs::remove_dir_all(entry.path()) {
                 tracing::warn!("removing the stale test directory {name}: {error}");
@@ -203,14 +210,19 @@ mod tests {
     #[test]
     fn scratch_dirs_older_than_six_hours_are_swept_and_newer_ones_kept() {
         let root = std::env::temp_dir().join(format!("jct-sweep-{:016x}", rand::random::<u64>()));
-        let old = root.join(format!("{DIR_PREFIX}worker-exec-{}-00", unix_now() - STALE_AFTER_SECS - 60));
-        let new = root.join(format!("{DIR_PREFIX}worker-exec-{}-00", unix_now()));
-        let other = root.join("jct-data-1-2");
-        for dir in [&old, &new, &other] {
+        let random = "00000000000000ff";
+        let old = root.join(format!("{DIR_PREFIX}worker-exec-{}-{random}", unix_now() - STALE_AFTER_SECS - 60));
+        let new = root.join(format!("{DIR_PREFIX}worker-exec-{}-{random}", unix_now()));
+        // Not made by `scratch_dir`, however old they look: a throwaway cluster's directory, and a name without
+        // the random part.
+        let cluster = root.join("jct-test-pg-1234-0badcafe");
+        let other = root.join(format!("{DIR_PREFIX}1-2"));
+        for dir in [&old, &new, &cluster, &other] {
             std::fs::create_dir_all(dir.join("traces")).unwrap();
         }
         remove_stale_dirs(&root);
-        assert!(!old.exists() && new.exists() && other.exists());
+        assert!(!old.exists(), "a stale scratch directory is removed");
+        assert!(new.exists() && cluster.exists() && other.exists(), "everything else is kept");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -76,7 +76,7 @@ pub async fn create(app: &App, kind: EntityKind, body: &Value, trace_id: &str) -
     let references = cwom::references(kind, body);
     let existing = load_existing(app, &references).await?;
     let unique_key_taken = match cwom::unique_key(kind, body) {
-        Some(key) => store::read::claim_owner(app.pool(), &key).await?.is_some(),
+        Some(key) => app.store().claim_owner(&key).await?.is_some(),
         None => false,
     };
     let loaded = Loaded { existing, unique_key_taken };

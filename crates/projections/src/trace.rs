@@ -737,15 +737,9 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
 mod tests {
     use super::*;
 
-    fn scratch_root(test: &str) -> PathBuf {
-        let root = std::env::temp_dir().join(format!("jct-blobs-{test}-{}", ulid::Ulid::new()));
-        std::fs::create_dir_all(&root).unwrap();
-        root
-    }
-
     #[test]
     fn a_batch_stores_each_blob_once_and_flushes_the_directory_only_for_new_ones() {
-        let root = scratch_root("batch");
+        let root = devdb::scratch_dir("blobs-batch");
         let store = BlobStore::new(&root);
         let source = root.join("artifact.bin");
         std::fs::write(&source, b"from a file").unwrap();

@@ -186,25 +186,8 @@ async fn run_batches(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>, mut
         let results = match append_in_own_transaction(&pool, inline.as_deref(), commands.clone()).await {
             Ok(results) => results,
             Err(error) => {
-                // The inline read models, or one command (a database check, say), broke the whole batch; nothing
-                // of it committed. Retry without the inline read models (their projectors catch up), then each
-                // command alone, so that the others still land and only a culprit fails.
                 tracing::warn!("failed to append a batch of {}, retrying: {error:#}", commands.len());
-                match append_in_own_transaction(&pool, None, commands.clone()).await {
-                    Ok(results) => results,
-                    Err(error) if commands.len() > 1 => {
-                        tracing::warn!("failed again, appending the {} commands one by one: {error:#}", commands.len());
-                        let mut results = Vec::with_capacity(commands.len());
-                        for command in commands {
-                            results.push(match append_in_own_transaction(&pool, None, vec![command]).await {
-                                Ok(mut one) => one.pop().expect("one result per command"),
-                                Err(error) => Err(AppendError::Internal(error)),
-                            });
-                        }
-                        results
-                    }
-                    Err(error) => vec![Err(AppendError::Internal(error))],
-                }
+                append_after_a_failure(&pool, commands).await
             }
         };
         for (reply, result) in replies.into_iter().zip(results) {
@@ -212,6 +195,28 @@ async fn run_batches(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>, mut
             let _ = reply.send(result);
         }
     }
+}
+
+/// A batch whose transaction failed (the inline read models, or one command: a database check, say); nothing of
+/// it committed. Retried without the inline read models (their projectors catch up), then command by command, so
+/// that the others still land and only a culprit fails.
+async fn append_after_a_failure(pool: &PgPool, commands: Vec<NewCommand>) -> Vec<Result<Appended, AppendError>> {
+    let error = match append_in_own_transaction(pool, None, commands.clone()).await {
+        Ok(results) => return results,
+        Err(error) => error,
+    };
+    if commands.len() == 1 {
+        return vec![Err(AppendError::Internal(error))];
+    }
+    tracing::warn!("failed again, appending the {} commands one by one: {error:#}", commands.len());
+    let mut results = Vec::with_capacity(commands.len());
+    for command in commands {
+        results.push(match append_in_own_transaction(pool, None, vec![command]).await {
+            Ok(mut one) => one.pop().expect("one result per command"),
+            Err(error) => Err(AppendError::Internal(error)),
+        });
+    }
+    results
 }
 
 /// One batch in a transaction of its own. The inline read models are applied without a savepoint (two round

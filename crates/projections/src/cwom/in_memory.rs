@@ -13,6 +13,7 @@
 //! link of its pair, with that event's ts and position, whether or not either object exists. Which events do
 //! something is decided by the same [`op_of`]. `tests/cwom_batch.rs` compares this with `apply`, event by event.
 
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
@@ -57,10 +58,8 @@ enum Document {
 
 impl Document {
     fn created(kind: EntityKind, document: &Map<String, Value>) -> Document {
-        let filters = filter_columns(kind)
-            .iter()
-            .map(|(_, path)| text_at(document, path).map(|text| text.map(Box::from)))
-            .collect();
+        let filters =
+            filter_texts(kind, document).map(|texts| texts.into_iter().map(|text| text.map(Box::from)).collect());
         let json = serde_json::to_string(document).expect("a JSON map serialises").into_boxed_str();
         Document::Created { json, filters }
     }
@@ -68,12 +67,27 @@ impl Document {
     /// The tree, to change it.
     fn tree(&mut self) -> &mut Map<String, Value> {
         if let Document::Created { json, .. } = self {
-            let tree = serde_json::from_str(json).expect("the text was serialised from a JSON map");
-            *self = Document::Changed(tree);
+            *self = Document::Changed(serde_json::from_str(json).expect("the text was serialised from a JSON map"));
         }
+        let Document::Changed(tree) = self else { unreachable!("made a tree above") };
+        tree
+    }
+
+    /// The text of the `document` column.
+    fn json(&self) -> Cow<'_, str> {
         match self {
-            Document::Changed(tree) => tree,
-            Document::Created { .. } => unreachable!("made a tree above"),
+            Document::Created { json, .. } => Cow::Borrowed(json),
+            Document::Changed(tree) => Cow::Owned(serde_json::to_string(tree).expect("a JSON map serialises")),
+        }
+    }
+
+    /// The filter columns of `kind`'s table, as [`filter_texts`] gives them.
+    fn filters(&self, kind: EntityKind) -> Option<Vec<Option<&str>>> {
+        match self {
+            Document::Created { filters, .. } => {
+                filters.as_ref().map(|filters| filters.iter().map(Option::as_deref).collect())
+            }
+            Document::Changed(tree) => filter_texts(kind, tree),
         }
     }
 }
@@ -155,26 +169,18 @@ impl InMemoryFold for CwomInMemory {
                 if *object_kind != kind {
                     continue;
                 }
-                let serialised;
-                let (texts, document): (Option<Vec<Option<&str>>>, &str) = match &object.document {
-                    Document::Created { json, filters } => {
-                        (filters.as_ref().map(|filters| filters.iter().map(Option::as_deref).collect()), json)
-                    }
-                    Document::Changed(tree) => {
-                        serialised = serde_json::to_string(tree)?;
-                        (columns.iter().map(|(_, path)| text_at(tree, path)).collect(), &serialised)
-                    }
-                };
+                let texts = object.document.filters(kind);
                 let Some(texts) = texts else {
                     odd.push((kind, id, object));
                     continue;
                 };
                 let created_position = object.created_position.to_string();
+                let document = object.document.json();
                 let mut fields = Vec::with_capacity(texts.len() + 3);
                 fields.push(Some(id.as_str()));
                 fields.extend(texts);
                 fields.push(Some(created_position.as_str()));
-                fields.push(Some(document));
+                fields.push(Some(&document));
                 copy.row(&fields);
                 copy.send_if_full().await?;
             }
@@ -191,15 +197,8 @@ impl InMemoryFold for CwomInMemory {
                 Copy::begin(conn, "copy cwom_folded (kind, id, created_position, document) from stdin").await?;
             for (kind, id, object) in &odd {
                 let created_position = object.created_position.to_string();
-                let serialised;
-                let document: &str = match &object.document {
-                    Document::Created { json, .. } => json,
-                    Document::Changed(tree) => {
-                        serialised = serde_json::to_string(tree)?;
-                        &serialised
-                    }
-                };
-                copy.row(&[Some(kind.as_str()), Some(id.as_str()), Some(&created_position), Some(document)]);
+                let document = object.document.json();
+                copy.row(&[Some(kind.as_str()), Some(id.as_str()), Some(&created_position), Some(&document)]);
                 copy.send_if_full().await?;
             }
             copy.finish().await?;
@@ -282,9 +281,11 @@ const OBJECT_TABLES: [(EntityKind, &str, FilterColumns); 7] = [
     ),
 ];
 
-/// The filter columns of `kind`'s table.
-fn filter_columns(kind: EntityKind) -> FilterColumns {
-    OBJECT_TABLES.iter().find(|(table_kind, _, _)| *table_kind == kind).map_or(&[], |(_, _, columns)| columns)
+/// [`text_at`] of each filter column of `kind`'s table in `document`; `None` if Rust cannot tell one exactly.
+fn filter_texts(kind: EntityKind, document: &Map<String, Value>) -> Option<Vec<Option<&str>>> {
+    let columns =
+        OBJECT_TABLES.iter().find(|(table_kind, _, _)| *table_kind == kind).map_or(&[][..], |(_, _, columns)| columns);
+    columns.iter().map(|(_, path)| text_at(document, path)).collect()
 }
 
 /// `document -> a -> ... ->> last` as PostgreSQL gives it, where Rust can tell it exactly: `Some(None)` for SQL

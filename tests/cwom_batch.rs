@@ -331,10 +331,8 @@ async fn fold_in_memory(pool: &PgPool, schema: &str, batches: &[&[RecordedEvent]
     for batch in batches {
         fold.fold(batch.to_vec());
     }
-    let mut tx = pool.begin().await.expect("begin");
-    use_schema(&mut tx, schema).await;
-    fold.write(&mut tx).await.expect("write the folded rows");
-    tx.commit().await.expect("commit");
+    let tables = projections::rebuild::ShadowTables::new(pool.clone(), schema);
+    fold.write(&tables).await.expect("write the folded rows");
 }
 
 /// Every row of every cwom table in `schema`, as text, in a fixed order.

@@ -49,8 +49,33 @@ const IN_MEMORY_MAX_POSITIONS: i64 = 2_000_000;
 pub trait InMemoryFold: Send {
     /// Folds the next events of the log, in order: those of the projection's kinds, if it declares them.
     fn fold(&mut self, events: Vec<RecordedEvent>);
-    /// Writes what was folded into the projection's tables, empty until now (the search path leads to them).
-    async fn write(self: Box<Self>, conn: &mut PgConnection) -> anyhow::Result<()>;
+    /// Writes what was folded into the projection's tables, empty until now, in one or more transactions of
+    /// `tables` (several at once, if it likes). If it fails, the whole rebuild fails and its shadow tables are
+    /// dropped the next time, so what it committed before failing does not matter.
+    async fn write(self: Box<Self>, tables: &ShadowTables) -> anyhow::Result<()>;
+}
+
+/// The empty tables an [`InMemoryFold`] writes: transactions whose search path leads to them.
+#[derive(Debug, Clone)]
+pub struct ShadowTables {
+    pool: PgPool,
+    schema: String,
+}
+
+impl ShadowTables {
+    /// The tables of `schema` (created, with the projection's tables in it), reached through `pool`.
+    pub fn new(pool: PgPool, schema: impl Into<String>) -> ShadowTables {
+        ShadowTables { pool, schema: schema.into() }
+    }
+
+    /// A transaction on a connection of its own whose search path leads to the tables first (then `public`).
+    /// Its commit does not wait for the disk: a rebuild that dies starts over.
+    pub async fn begin(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
+        use_schema(&mut tx, &self.schema).await?;
+        Ok(tx)
+    }
 }
 
 /// Progress of a rebuild, reported after each batch.
@@ -230,11 +255,8 @@ pub async fn rebuild(
     anyhow::ensure!(position == head, "the rebuild's reader stopped at position {position} of {head}");
     tracing::debug!(projection = projection.name(), "rebuild: {read} events folded, {:?} in", started.elapsed());
     if let Some(fold) = in_memory {
-        let mut tx = pool.begin().await?;
-        sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
-        use_schema(&mut tx, &shadow).await?;
-        fold.write(&mut tx).await.with_context(|| format!("write the rebuilt {}", projection.name()))?;
-        tx.commit().await?;
+        let tables = ShadowTables::new(pool.clone(), &shadow);
+        fold.write(&tables).await.with_context(|| format!("write the rebuilt {}", projection.name()))?;
         tracing::debug!(projection = projection.name(), "rebuild: tables written, {:?} in", started.elapsed());
     }
     create_indexes(pool, &secondary_indexes).await?;

@@ -26,7 +26,7 @@ use sqlx::{Executor as _, PgConnection};
 use store::RecordedEvent;
 
 use super::{op_of, Op};
-use crate::rebuild::InMemoryFold;
+use crate::rebuild::{InMemoryFold, ShadowTables};
 
 /// How many bytes of `COPY` data are sent at a time.
 const COPY_CHUNK: usize = 1 << 20;
@@ -154,75 +154,139 @@ impl InMemoryFold for CwomInMemory {
         }
     }
 
-    async fn write(self: Box<Self>, conn: &mut PgConnection) -> anyhow::Result<()> {
+    async fn write(self: Box<Self>, tables: &ShadowTables) -> anyhow::Result<()> {
+        use futures::{StreamExt as _, TryStreamExt as _};
         let CwomInMemory { objects, links } = *self;
         let mut objects: Vec<_> = objects.into_iter().collect();
         objects.sort_unstable_by_key(|(_, object)| object.created_position);
-        // Straight into the kind's table where Rust can tell every filter column exactly; the rest through
-        // PostgreSQL's own expressions (`write_objects.sql`).
-        let mut odd = Vec::new();
-        for (kind, table, columns) in OBJECT_TABLES {
-            let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-            let statement = format!("copy {table} (id, {}, created_position, document) from stdin", names.join(", "));
-            let mut copy = Copy::begin(conn, &statement).await?;
-            for ((object_kind, id), object) in &objects {
-                if *object_kind != kind {
-                    continue;
-                }
-                let texts = object.document.filters(kind);
-                let Some(texts) = texts else {
-                    odd.push((kind, id, object));
-                    continue;
-                };
-                let created_position = object.created_position.to_string();
-                let document = object.document.json();
-                let mut fields = Vec::with_capacity(texts.len() + 3);
-                fields.push(Some(id.as_str()));
-                fields.extend(texts);
-                fields.push(Some(created_position.as_str()));
-                fields.push(Some(&document));
-                copy.row(&fields);
-                copy.send_if_full().await?;
-            }
-            copy.finish().await?;
-        }
-        if !odd.is_empty() {
-            // `Executor::execute` rather than `RawSql::execute`, whose future is not `Send` for every lifetime.
-            conn.execute(sqlx::raw_sql(
-                "create temporary table cwom_folded (kind text not null, id text not null, \
-                 created_position bigint not null, document jsonb not null) on commit drop",
-            ))
-            .await?;
-            let mut copy =
-                Copy::begin(conn, "copy cwom_folded (kind, id, created_position, document) from stdin").await?;
-            for (kind, id, object) in &odd {
-                let created_position = object.created_position.to_string();
-                let document = object.document.json();
-                copy.row(&[Some(kind.as_str()), Some(id.as_str()), Some(&created_position), Some(&document)]);
-                copy.send_if_full().await?;
-            }
-            copy.finish().await?;
-            conn.execute(sqlx::raw_sql(include_str!("../../../../projections/cwom/write_objects.sql"))).await?;
-        }
-        tracing::debug!("cwom: {} objects written, {} of them through write_objects.sql", objects.len(), odd.len());
-        drop(odd);
-        drop(objects);
-
         let mut links: Vec<_> = links.into_iter().collect();
         links.sort_unstable_by_key(|(_, (_, position))| *position);
+        // A table at a time would leave PostgreSQL, which parses every document, on one core; the tables are
+        // independent, so they are written at once, each in a transaction of its own, the largest first.
+        let mut writes: Vec<(usize, Write<'_>)> = Vec::new();
+        for (kind, table, columns) in OBJECT_TABLES {
+            let rows = objects.iter().filter(|((object_kind, _), _)| *object_kind == kind).count();
+            writes.push((rows, Write::Objects { kind, table, columns, objects: &objects }));
+        }
+        let odd = objects.iter().filter(|((kind, _), object)| object.document.filters(*kind).is_none()).count();
+        writes.push((odd, Write::OddObjects { objects: &objects }));
         for (table, owner_column, linked_column, owner_kind, linked_kind) in LINK_TABLES {
-            let statement =
-                format!("copy {table} ({owner_column}, {linked_column}, created_at, created_position) from stdin");
-            let mut copy = Copy::begin(conn, &statement).await?;
-            for (link, (ts, position)) in &links {
-                if link.owner_kind == owner_kind && link.linked_kind == linked_kind {
-                    let ts = ts.to_rfc3339_opts(SecondsFormat::Micros, true);
-                    let position = position.to_string();
-                    copy.row(&[Some(&link.owner_id), Some(&link.linked_id), Some(&ts), Some(&position)]);
+            let rows = links
+                .iter()
+                .filter(|(link, _)| link.owner_kind == owner_kind && link.linked_kind == linked_kind)
+                .count();
+            writes.push((
+                rows,
+                Write::Links { table, owner_column, linked_column, owner_kind, linked_kind, links: &links },
+            ));
+        }
+        writes.retain(|(rows, _)| *rows > 0);
+        writes.sort_by_key(|(rows, _)| std::cmp::Reverse(*rows));
+        // Boxed before they go into the stream: a closure mapping `Write<'_>`s would not be `Send` for every
+        // lifetime, which `async_trait` asks of this future.
+        let writes: Vec<futures::future::BoxFuture<'_, anyhow::Result<()>>> =
+            writes.into_iter().map(|(_, write)| Box::pin(write.commit(tables)) as _).collect();
+        futures::stream::iter(writes).buffer_unordered(WRITERS).try_collect::<Vec<()>>().await?;
+        tracing::debug!("cwom: {} objects written, {odd} of them through write_objects.sql", objects.len());
+        // Freeing a million documents and keys takes most of a second; the rebuild goes on to its indexes meanwhile.
+        tokio::task::spawn_blocking(move || drop((objects, links)));
+        Ok(())
+    }
+}
+
+/// How many tables are written at once, each on a connection of its own.
+const WRITERS: usize = 3;
+
+/// One table's rows (or the objects whose filter columns only PostgreSQL can tell), written by one `COPY`.
+enum Write<'f> {
+    /// The objects of `kind` whose filter columns Rust can tell exactly, straight into the kind's table.
+    Objects {
+        kind: EntityKind,
+        table: &'static str,
+        columns: FilterColumns,
+        objects: &'f [((EntityKind, String), Object)],
+    },
+    /// The rest of the objects, of any kind, through PostgreSQL's own expressions (`write_objects.sql`).
+    OddObjects { objects: &'f [((EntityKind, String), Object)] },
+    /// The links of one pair of kinds.
+    Links {
+        table: &'static str,
+        owner_column: &'static str,
+        linked_column: &'static str,
+        owner_kind: EntityKind,
+        linked_kind: EntityKind,
+        links: &'f [(Link, (DateTime<Utc>, i64))],
+    },
+}
+
+impl Write<'_> {
+    /// Writes the rows in a transaction of their own and commits it.
+    async fn commit(self, tables: &ShadowTables) -> anyhow::Result<()> {
+        let mut tx = tables.begin().await?;
+        self.run(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn run(self, conn: &mut PgConnection) -> anyhow::Result<()> {
+        match self {
+            Write::Objects { kind, table, columns, objects } => {
+                let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+                let statement =
+                    format!("copy {table} (id, {}, created_position, document) from stdin", names.join(", "));
+                let mut copy = Copy::begin(conn, &statement).await?;
+                for ((object_kind, id), object) in objects {
+                    if *object_kind != kind {
+                        continue;
+                    }
+                    let Some(texts) = object.document.filters(kind) else { continue };
+                    let created_position = object.created_position.to_string();
+                    let document = object.document.json();
+                    let mut fields = Vec::with_capacity(texts.len() + 3);
+                    fields.push(Some(id.as_str()));
+                    fields.extend(texts);
+                    fields.push(Some(created_position.as_str()));
+                    fields.push(Some(&document));
+                    copy.row(&fields);
                     copy.send_if_full().await?;
                 }
+                copy.finish().await?;
             }
-            copy.finish().await?;
+            Write::OddObjects { objects } => {
+                // `Executor::execute` rather than `RawSql::execute`, whose future is not `Send` for every lifetime.
+                conn.execute(sqlx::raw_sql(
+                    "create temporary table cwom_folded (kind text not null, id text not null, \
+                     created_position bigint not null, document jsonb not null) on commit drop",
+                ))
+                .await?;
+                let mut copy =
+                    Copy::begin(conn, "copy cwom_folded (kind, id, created_position, document) from stdin").await?;
+                for ((kind, id), object) in objects {
+                    if object.document.filters(*kind).is_some() {
+                        continue;
+                    }
+                    let created_position = object.created_position.to_string();
+                    let document = object.document.json();
+                    copy.row(&[Some(kind.as_str()), Some(id.as_str()), Some(&created_position), Some(&document)]);
+                    copy.send_if_full().await?;
+                }
+                copy.finish().await?;
+                conn.execute(sqlx::raw_sql(include_str!("../../../../projections/cwom/write_objects.sql"))).await?;
+            }
+            Write::Links { table, owner_column, linked_column, owner_kind, linked_kind, links } => {
+                let statement =
+                    format!("copy {table} ({owner_column}, {linked_column}, created_at, created_position) from stdin");
+                let mut copy = Copy::begin(conn, &statement).await?;
+                for (link, (ts, position)) in links {
+                    if link.owner_kind == owner_kind && link.linked_kind == linked_kind {
+                        let ts = ts.to_rfc3339_opts(SecondsFormat::Micros, true);
+                        let position = position.to_string();
+                        copy.row(&[Some(&link.owner_id), Some(&link.linked_id), Some(&ts), Some(&position)]);
+                        copy.send_if_full().await?;
+                    }
+                }
+                copy.finish().await?;
+            }
         }
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! Connecting: to `DATABASE_URL`, or to the managed cluster under the data directory, migrated either way.
+//! Connecting: to `DATABASE_URL`, or to the managed cluster under the data directory, migrated either way (but for
+//! `jct bench`, which only creates and drops scratch databases there).
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use sqlx::PgPool;
 
 use crate::config::DatabaseArgs;
 
-/// A migrated pool, and the managed cluster when JCT runs its own.
+/// A pool (migrated, from [`Database::open`]), and the managed cluster when JCT runs its own.
 pub struct Database {
     pub pool: PgPool,
     pub url: String,
@@ -18,6 +19,14 @@ pub struct Database {
 impl Database {
     /// Connects (starting the managed cluster when `DATABASE_URL` is unset) and applies migrations.
     pub async fn open(args: &DatabaseArgs) -> anyhow::Result<Database> {
+        let database = Database::connect(args).await?;
+        store::MIGRATOR.run(&database.pool).await.context("apply migrations")?;
+        Ok(database)
+    }
+
+    /// Connects (starting the managed cluster when `DATABASE_URL` is unset) without touching the schema: for
+    /// creating and dropping other databases through it.
+    pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<Database> {
         let (url, cluster) = match &args.database_url {
             Some(url) => (url.clone(), None),
             None => {
@@ -36,7 +45,6 @@ impl Database {
             .connect_with(options)
             .await
             .context("connect to PostgreSQL (DATABASE_URL)")?;
-        store::MIGRATOR.run(&pool).await.context("apply migrations")?;
         Ok(Database { pool, url, cluster })
     }
 

@@ -82,7 +82,8 @@ pub enum BenchCommand {
 }
 
 pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Result<()> {
-    let database = Database::open(database).await?;
+    // Only scratch databases are migrated and measured; the one `DATABASE_URL` names is left as it is.
+    let database = Database::connect(database).await?;
     let (scratch, keep) = match &command {
         BenchCommand::Forensics { reuse_database: Some(name), .. } => (Scratch::open(&database, name).await?, true),
         BenchCommand::Forensics { keep_database: true, .. } => (Scratch::create(&database, "jct_kept").await?, true),

@@ -84,7 +84,7 @@ async fn enqueue_creates_a_queued_task_with_normalised_fields_and_its_cwom_objec
 #[tokio::test]
 async fn the_enqueue_answer_is_the_task_as_get_reads_it_numbers_included() {
     // Enqueue answers with the task folded from its events, not read back: it must equal the stored row,
-    // whose jsonb rewrites numbers (`-0.0` → `0`, `1e2` → `100`, `1.50` → `1.50`).
+    // whose jsonb rewrites numbers (`-0.0` → `0.0`, `1e2` → `100`, `1e-7` → `0.0000001`).
     let test = TestApp::spawn().await;
     let numbers = json!({"neg_zero": -0.0, "exp": 1e2, "frac": 1.5, "big": 12345678901234567890_u64, "tiny": 1e-7});
     let body = with(with(valid_task(), "/inputs", numbers.clone()), "/metadata", numbers);

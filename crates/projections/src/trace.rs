@@ -89,8 +89,8 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Content-addressed storage of handler logs and artifacts: `<root>/sha256/<hex>`, written once, never changed.
-/// Every blob is on the disk (content and directory entry) before `put` returns, so an event appended after it
-/// never names content a crash could lose.
+/// Every blob is on the disk (content and directory entry) once its batch's `finish` returns, so an event
+/// appended after that never names content a crash could lose.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
@@ -120,24 +120,9 @@ impl BlobStore {
             .then(|| self.root.join("sha256").join(hex.to_ascii_lowercase()))
     }
 
-    /// Stores `bytes` (a no-op when that content is stored already), on the disk when it returns.
-    pub fn put(&self, bytes: &[u8]) -> std::io::Result<Blob> {
-        let mut batch = self.batch();
-        let blob = batch.put(bytes)?;
-        batch.finish()?;
-        Ok(blob)
-    }
-
-    /// Stores the file at `source`, on the disk when it returns.
-    pub fn put_file(&self, source: &Path) -> std::io::Result<Blob> {
-        let mut batch = self.batch();
-        let blob = batch.put_file(source)?;
-        batch.finish()?;
-        Ok(blob)
-    }
-
-    /// Several blobs stored with one flush of the directory: each content is on the disk as it is put, the
-    /// directory entries once [`BlobBatch::finish`] has returned. Name none of them in an event before that.
+    /// A batch to store blobs through, with one flush of the directory for all of them: each content is on the
+    /// disk as it is put, the directory entries once [`BlobBatch::finish`] has returned. Name none of them in an
+    /// event before that.
     pub fn batch(&self) -> BlobBatch {
         BlobBatch { store: self.clone(), renamed: false }
     }

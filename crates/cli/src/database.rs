@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 
 use crate::config::DatabaseArgs;
@@ -39,7 +39,7 @@ impl Database {
             }
         };
         let options: PgConnectOptions = url.parse().context("parse DATABASE_URL")?;
-        let pool = PgPoolOptions::new()
+        let pool = store::pool_options()
             .max_connections(args.pool_size)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)

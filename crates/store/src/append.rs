@@ -555,6 +555,18 @@ fn now_micros() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is representable")
 }
 
+/// The key of the payload's only member when `after` equals that member's value, as it does for every `created`
+/// event (`{"object": X}` with `after` X). The insert then takes `after` from the payload PostgreSQL has already
+/// parsed (`payload -> key`, the same jsonb) instead of sending and parsing the same document twice.
+fn payload_member_equal_to_after(record: &RecordedEvent) -> Option<&str> {
+    let (Value::Object(members), Some(after)) = (&record.payload, &record.after) else { return None };
+    let mut members = members.iter();
+    match (members.next(), members.next()) {
+        (Some((key, value)), None) if value == after => Some(key),
+        _ => None,
+    }
+}
+
 /// Column arrays for one multi-row insert through `unnest`, borrowed from the batch's records.
 #[derive(Default)]
 struct InsertColumns<'r> {
@@ -571,7 +583,9 @@ struct InsertColumns<'r> {
     actor_kind: Vec<&'static str>,
     actor_id: Vec<&'r str>,
     before: Vec<Option<&'r Value>>,
+    /// `None` where `after_key` names the payload member it equals.
     after: Vec<Option<&'r Value>>,
+    after_key: Vec<Option<&'r str>>,
     note: Vec<Option<&'r str>>,
     trace_id: Vec<Option<&'r str>>,
     correlation_id: Vec<Option<&'r str>>,
@@ -601,7 +615,16 @@ impl<'r> InsertColumns<'r> {
         self.actor_kind.push(record.actor_kind.as_str());
         self.actor_id.push(&record.actor_id);
         self.before.push(record.before.as_ref());
-        self.after.push(record.after.as_ref());
+        match payload_member_equal_to_after(record) {
+            Some(key) => {
+                self.after.push(None);
+                self.after_key.push(Some(key));
+            }
+            None => {
+                self.after.push(record.after.as_ref());
+                self.after_key.push(None);
+            }
+        }
         self.note.push(record.note.as_deref());
         self.trace_id.push(record.trace_id.as_deref());
         self.correlation_id.push(record.correlation_id.as_deref());
@@ -625,21 +648,22 @@ impl<'r> InsertColumns<'r> {
                  schema_version, payload, action, actor_kind, actor_id, before, after, note, trace_id, \
                  correlation_id, causation_id, idempotency_key, unique_keys, prev_hash, hash) \
                select u.position, u.event_id, u.ts, u.entity_kind, u.entity_id, u.stream_version, u.event_type, \
-                 u.schema_version, u.payload, u.action, u.actor_kind, u.actor_id, u.before, u.after, u.note, \
+                 u.schema_version, u.payload, u.action, u.actor_kind, u.actor_id, u.before, \
+                 case when u.after_key is null then u.after else u.payload -> u.after_key end, u.note, \
                  u.trace_id, u.correlation_id, u.causation_id, u.idempotency_key, \
                  array(select jsonb_array_elements_text(u.unique_keys)), u.prev_hash, u.hash \
                from unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::int[], \
                  $7::text[], $8::int[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::jsonb[], \
                  $14::jsonb[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::jsonb[], \
-                 $21::bytea[], $22::bytea[]) \
+                 $21::bytea[], $22::bytea[], $23::text[]) \
                as u(position, event_id, ts, entity_kind, entity_id, stream_version, event_type, schema_version, \
                  payload, action, actor_kind, actor_id, before, after, note, trace_id, correlation_id, \
-                 causation_id, idempotency_key, unique_keys, prev_hash, hash) \
+                 causation_id, idempotency_key, unique_keys, prev_hash, hash, after_key) \
              ), claims as ( \
                insert into unique_claims (key, entity_kind, entity_id, position) \
-               select * from unnest($23::text[], $24::text[], $25::text[], $26::bigint[]) \
+               select * from unnest($24::text[], $25::text[], $26::text[], $27::bigint[]) \
              ) \
-             select pg_notify($27, $28)",
+             select pg_notify($28, $29)",
         )
         .bind(&self.position)
         .bind(&self.event_id)
@@ -663,6 +687,7 @@ impl<'r> InsertColumns<'r> {
         .bind(&self.unique_keys)
         .bind(&self.prev_hash)
         .bind(&self.hash)
+        .bind(&self.after_key)
         .bind(&self.claim_key)
         .bind(&self.claim_kind)
         .bind(&self.claim_id)

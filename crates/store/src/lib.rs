@@ -32,5 +32,25 @@ pub use upcast::Upcasters;
 /// The channel every append notifies after commit. The payload is `<last position>` only: a hint, never data.
 pub const EVENTS_CHANNEL: &str = "jct_events";
 
+/// A connection that sat idle in the pool for longer than this is checked with a round trip before it is handed
+/// out; busier connections are handed out as they are.
+pub const PING_CONNECTIONS_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Pool settings for every JCT process. sqlx's default pings every connection before handing it out, one round
+/// trip more for every query and transaction; here only a connection idle for [`PING_CONNECTIONS_IDLE_FOR`] is
+/// pinged (after a database restart, say). A connection that dies while busy fails its query, as it would have
+/// anyway, and the pool replaces it.
+pub fn pool_options() -> sqlx::postgres::PgPoolOptions {
+    use sqlx::Connection as _;
+    sqlx::postgres::PgPoolOptions::new().test_before_acquire(false).before_acquire(|conn, meta| {
+        Box::pin(async move {
+            if meta.idle_for >= PING_CONNECTIONS_IDLE_FOR {
+                conn.ping().await?;
+            }
+            Ok(true)
+        })
+    })
+}
+
 /// The event store's migrations (`migrations/` at the workspace root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

@@ -221,3 +221,46 @@ async fn an_upcaster_lifts_a_stored_v1_event_to_the_v2_shape() {
     assert_eq!(again, stored);
     assert!(store::verify::verify_chain(&pool).await.unwrap().ok);
 }
+
+#[tokio::test]
+async fn after_is_stored_as_given_whether_or_not_it_repeats_a_payload_member() {
+    use serde_json::json;
+    let pool = fresh_pool(4).await;
+    let store = EventStore::new(pool.clone());
+    let stream = StreamId::new(EntityKind::Task, ulid::Ulid::new().to_string());
+    let object = json!({ "title": "Fix the build", "n": 12, "tags": ["a", "b"], "nested": { "x": null } });
+    // (payload, after): the first two take `after` from the payload; the others send it as it is.
+    let cases = [
+        (json!({ "object": object }), Some(object.clone())),
+        (json!({ "k": null }), Some(json!(null))),
+        (json!({ "object": object }), Some(json!({ "title": "Something else" }))),
+        (json!({ "object": object, "more": 1 }), Some(object.clone())),
+        (json!({ "object": object }), None),
+        (json!([object]), Some(object.clone())),
+    ];
+    let events = cases
+        .iter()
+        .map(|(payload, after)| {
+            let mut new_event = event(&stream, "TestHappened", payload.clone());
+            new_event.data.after = after.clone();
+            new_event
+        })
+        .collect();
+    let appended = store.append(NewCommand { events, ..NewCommand::default() }).await.unwrap();
+
+    let stored = read::read_after(&pool, 0, 100).await.unwrap();
+    assert_eq!(stored, appended.events);
+    let afters: Vec<Option<serde_json::Value>> = stored.into_iter().map(|event| event.after).collect();
+    let expected: Vec<Option<serde_json::Value>> = cases.into_iter().map(|(_, after)| after).collect();
+    assert_eq!(afters, expected);
+    // SQL null for no `after`, jsonb null for a JSON null.
+    let nulls: Vec<Option<String>> = sqlx::query_scalar("select jsonb_typeof(after) from audit_log order by position")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(nulls[1].as_deref(), Some("null"));
+    assert_eq!(nulls[4], None);
+    let report = store::verify::verify_chain(&pool).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, 6);
+}

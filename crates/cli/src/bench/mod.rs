@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use hdrhistogram::Histogram;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 
 use crate::config::DatabaseArgs;
@@ -134,7 +134,7 @@ impl Scratch {
             .await
             .context("create scratch database")?;
         let options: PgConnectOptions = database.url.parse::<PgConnectOptions>()?.database(&name);
-        let pool = PgPoolOptions::new().max_connections(40).connect_with(options).await?;
+        let pool = store::pool_options().max_connections(40).connect_with(options).await?;
         store::MIGRATOR.run(&pool).await?;
         Ok(Scratch { name, pool })
     }
@@ -143,7 +143,7 @@ impl Scratch {
     async fn open(database: &Database, name: &str) -> anyhow::Result<Scratch> {
         anyhow::ensure!(name.starts_with("jct_kept_"), "{name} is not a database `jct bench --keep-database` kept");
         let options: PgConnectOptions = database.url.parse::<PgConnectOptions>()?.database(name);
-        let pool = PgPoolOptions::new().max_connections(40).connect_with(options).await?;
+        let pool = store::pool_options().max_connections(40).connect_with(options).await?;
         store::MIGRATOR.run(&pool).await?;
         Ok(Scratch { name: name.to_owned(), pool })
     }

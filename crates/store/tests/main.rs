@@ -4,6 +4,7 @@ extern crate jct_store as store;
 
 mod append;
 mod guard;
+mod pool;
 mod subscribe;
 mod support;
 mod tamper;

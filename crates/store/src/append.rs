@@ -615,16 +615,9 @@ impl<'r> InsertColumns<'r> {
         self.actor_kind.push(record.actor_kind.as_str());
         self.actor_id.push(&record.actor_id);
         self.before.push(record.before.as_ref());
-        match payload_member_equal_to_after(record) {
-            Some(key) => {
-                self.after.push(None);
-                self.after_key.push(Some(key));
-            }
-            None => {
-                self.after.push(record.after.as_ref());
-                self.after_key.push(None);
-            }
-        }
+        let after_key = payload_member_equal_to_after(record);
+        self.after.push(if after_key.is_some() { None } else { record.after.as_ref() });
+        self.after_key.push(after_key);
         self.note.push(record.note.as_deref());
         self.trace_id.push(record.trace_id.as_deref());
         self.correlation_id.push(record.correlation_id.as_deref());

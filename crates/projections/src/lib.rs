@@ -77,4 +77,13 @@ pub trait Projection: Send + Sync + 'static {
     fn writes_outside_the_database(&self) -> bool {
         false
     }
+
+    /// How long the background loop ([`runner::run`]) lets appends go on after a notification before it catches
+    /// up on them; none by default. A projection whose apply redoes much for each stream it touches (a trace
+    /// folder renders its task's whole stream and rewrites its files) then applies a burst of appends as one
+    /// batch, touching each stream once instead of once per append, and lags the log by up to this much more.
+    /// Read-your-writes ([`runner::wait_for`]) catches up itself and never waits for it.
+    fn settle(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }

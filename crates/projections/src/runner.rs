@@ -173,7 +173,9 @@ pub async fn wait_for(
 }
 
 /// Keeps every projection current until `shutdown` resolves: wakes on `NOTIFY`, polls every `poll_interval`,
-/// and catches up after any reconnect. Errors are logged and retried; they never end the loop.
+/// and catches up after any reconnect; once woken, it first waits the longest [`Projection::settle`] of
+/// `projections`, so a burst of appends is applied as one batch. Errors are logged and retried; they never end
+/// the loop.
 pub async fn run(
     pool: PgPool,
     projections: Vec<Arc<dyn Projection>>,
@@ -182,6 +184,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut wakeup = Wakeup::new(pool.clone(), poll_interval).await;
+    let settle = projections.iter().map(|projection| projection.settle()).max().unwrap_or_default();
     tokio::pin!(shutdown);
     loop {
         wakeup.drain().await;
@@ -193,6 +196,12 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => return,
             () = wakeup.wait() => {}
+        }
+        if !settle.is_zero() {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(settle) => {}
+            }
         }
     }
 }

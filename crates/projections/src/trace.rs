@@ -248,6 +248,12 @@ impl Projection for TraceProjection {
         true
     }
 
+    /// A folder is rendered from its task's whole stream: waiting for a burst of appends (a claim, then the run's
+    /// end a few milliseconds later) renders it once instead of once per append.
+    fn settle(&self) -> std::time::Duration {
+        SETTLE
+    }
+
     /// A folder depends on its whole stream, so a batch renders each task it touches once, at its last event.
     async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let mut seen = std::collections::HashSet::new();
@@ -288,6 +294,9 @@ impl Projection for TraceProjection {
             .context("the trace writer panicked")?
     }
 }
+
+/// How long the background runner waits after a notification before rendering ([`Projection::settle`]).
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How many folders a batch writes at once.
 const PARALLEL_WRITERS: usize = 4;

@@ -179,8 +179,10 @@ pub async fn read_streams<'c>(
 
 /// What a claim decides on, in one round trip: every event of the Task streams `task_ids`, of the Issue each
 /// one's `TaskCreated` names (`payload.task.cwom_issue_id`), and of the ContextPackets and ConstraintSnapshots
-/// those Issues link, in position order. The paths into payloads are those of the stored versions; a caller that
-/// folds (and upcasts) the result and finds a stream it needs missing reads that stream with [`read_streams`].
+/// those Issues link, in position order, without their `before` and `after` images (a claim folds payloads; the
+/// images are most of these streams' bytes, each a whole document to decode). The paths into payloads are those
+/// of the stored versions; a caller that folds (and upcasts) the result and finds a stream it needs missing reads
+/// that stream with [`read_streams`].
 pub async fn read_claim_streams<'c>(
     executor: impl PgExecutor<'c>,
     task_ids: &[String],
@@ -198,9 +200,10 @@ pub async fn read_claim_streams<'c>(
                            from issue_events \
                           where action = 'linked' \
                             and payload ->> 'linked_kind' in ('ContextPacket', 'ConstraintSnapshot')) \
-         select {COLUMNS} from task_events \
-         union all select {COLUMNS} from issue_events \
-         union all select {COLUMNS} from audit_log where (entity_kind, entity_id) in (select kind, id from linked) \
+         select {COLUMNS_WITHOUT_IMAGES} from task_events \
+         union all select {COLUMNS_WITHOUT_IMAGES} from issue_events \
+         union all select {COLUMNS_WITHOUT_IMAGES} from audit_log \
+                    where (entity_kind, entity_id) in (select kind, id from linked) \
          order by position"
     ))
     .bind(task_ids)

@@ -5,6 +5,7 @@ extern crate jct_store as store;
 mod append;
 mod guard;
 mod pool;
+mod read;
 mod subscribe;
 mod support;
 mod tamper;

@@ -287,12 +287,7 @@ pub async fn catch_up_briefly(
         sqlx::query("set local lock_timeout = 0").execute(&mut *tx).await?;
         // Only the events the queue folds are fetched (not the large payloads of runs and CWOM objects); the
         // checkpoint moves to the end of the stretch scanned, every position of which was visible.
-        let end: Option<i64> = sqlx::query_scalar(include_str!("../../../projections/task_queue/scan_end.sql"))
-            .bind(position)
-            .bind(CLAIM_CATCH_UP_BATCH)
-            .fetch_one(&mut *tx)
-            .await
-            .context("find the stretch to catch up on")?;
+        let end = store::read::stretch_end(&mut *tx, position, CLAIM_CATCH_UP_BATCH).await?;
         let Some(end) = end else { return Ok(applied) };
         let rows: Vec<ScannedRow> = sqlx::query_as(include_str!("../../../projections/task_queue/scan_events.sql"))
             .bind(position)

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::Future;
 use sqlx::{PgPool, Row};
-use store::{read::read_after, Upcasters, Wakeup};
+use store::read::{read_after, read_range, stretch_end, Images};
+use store::{Upcasters, Wakeup};
 
 use crate::Projection;
 
@@ -62,7 +63,9 @@ pub async fn checkpoint(pool: &PgPool, name: &str) -> anyhow::Result<i64> {
 }
 
 /// Applies one batch: locks the checkpoint row (so one applier at a time, across processes), applies the events
-/// after it, moves it to the last event actually read, and commits. Returns the number applied.
+/// after it, moves it to the last event actually read, and commits. Reads only the events of the projection's
+/// [`Projection::entity_kinds`], without images unless it [`Projection::folds_images`]; the checkpoint then moves
+/// past the whole stretch of up to `limit` positions. Returns how many positions of the log it moved past.
 pub async fn apply_batch(
     pool: &PgPool,
     projection: &dyn Projection,
@@ -107,11 +110,21 @@ pub async fn apply_batch(
         projection.name()
     );
     let position: i64 = row.try_get("position")?;
-    let events = read_after(&mut *tx, position, limit).await?;
-    let Some(last) = events.last().map(|event| event.position) else {
-        return Ok(0);
+    let images = if projection.folds_images() { Images::Included } else { Images::LeftOut };
+    let (events, last) = match (projection.entity_kinds(), images) {
+        (None, Images::Included) => {
+            let events = read_after(&mut *tx, position, limit).await?;
+            let Some(last) = events.last().map(|event| event.position) else { return Ok(0) };
+            (events, last)
+        }
+        // Only what the projection folds crosses the wire and is decoded; the checkpoint still moves past the
+        // whole stretch, every position of which was visible.
+        (kinds, images) => {
+            let Some(end) = stretch_end(&mut *tx, position, limit).await? else { return Ok(0) };
+            (read_range(&mut *tx, position, end, kinds, images).await?, end)
+        }
     };
-    let n_events = events.len();
+    let covered = usize::try_from(last - position).context("positions move forward")?;
     let events: Vec<_> = events.into_iter().map(|event| upcasters.upcast(event)).collect();
     projection.apply_batch(&mut tx, &events).await?;
     sqlx::query("update projection_checkpoints set position = $2, updated_at = now() where name = $1")
@@ -120,10 +133,10 @@ pub async fn apply_batch(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(n_events)
+    Ok(covered)
 }
 
-/// Applies batches until the projection has caught up with the log. Returns the number applied.
+/// Applies batches until the projection has caught up with the log. Returns how many positions it moved past.
 pub async fn catch_up(pool: &PgPool, projection: &dyn Projection, upcasters: &Upcasters) -> anyhow::Result<usize> {
     let mut applied = 0;
     loop {

@@ -248,6 +248,16 @@ impl Projection for TraceProjection {
         true
     }
 
+    /// Only task events call for a folder.
+    fn entity_kinds(&self) -> Option<&'static [EntityKind]> {
+        Some(&[EntityKind::Task])
+    }
+
+    /// A batch's events only say which folders to render; each is rendered from its stream, read whole.
+    fn folds_images(&self) -> bool {
+        false
+    }
+
     /// A folder is rendered from its task's whole stream: waiting for a burst of appends (a claim, then the run's
     /// end a few milliseconds later) renders it once instead of once per append.
     fn settle(&self) -> std::time::Duration {

@@ -24,6 +24,20 @@ pub async fn read_after<'c>(
     decode_many(rows).await
 }
 
+/// The end of the next stretch of the log to read: the last of up to `limit` positions after `after` (`None` when
+/// there is none). Appends are serialised and commit in position order, so every position up to it is visible and
+/// a reader of that stretch ([`read_range`]) may move on to it, whatever kinds of event it fetched.
+pub async fn stretch_end<'c>(executor: impl PgExecutor<'c>, after: i64, limit: i64) -> anyhow::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "select max(position) from (select position from audit_log where position > $1 order by position limit $2) s",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_one(executor)
+    .await
+    .context("find the end of the stretch to read")
+}
+
 /// Whether a read returns the events' `before` and `after` images (with the payloads, most of a log's bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Images {

@@ -130,3 +130,52 @@ async fn a_read_model_that_fails_to_apply_does_not_stop_the_events() {
     let task: Value = projections::tasks::get_task(&test.pool, &task_id).await.unwrap().expect("caught up");
     assert_eq!(task["status"], "queued");
 }
+
+#[tokio::test]
+async fn a_read_model_a_little_behind_is_caught_up_by_the_next_append_and_one_far_behind_is_left_to_its_projector() {
+    let test = TestApp::spawn().await;
+    let tasks_checkpoint =
+        |pool: PgPool| async move { checkpoints(&pool).await.into_iter().find(|(name, _)| name == "tasks").unwrap().1 };
+    // One append while a projector holds the tasks checkpoint: it skips the model, which nobody catches up here.
+    let mut projector = test.pool.begin().await.unwrap();
+    sqlx::query("select position from projection_checkpoints where name = 'tasks' for update")
+        .execute(&mut *projector)
+        .await
+        .unwrap();
+    let skipped = ulid::Ulid::new().to_string();
+    let appended = test.app.store().append(enqueue_command(&skipped)).await.unwrap();
+    assert!(!appended.read_models_applied);
+    projector.rollback().await.unwrap();
+    assert_eq!(tasks_checkpoint(test.pool.clone()).await, 0);
+
+    // The next append folds the positions the model missed, then its own.
+    let next = ulid::Ulid::new().to_string();
+    let appended = test.app.store().append(enqueue_command(&next)).await.unwrap();
+    assert!(appended.read_models_applied, "every model applied inline again");
+    assert_eq!(tasks_checkpoint(test.pool.clone()).await, appended.last_position());
+    for task_id in [&skipped, &next] {
+        let task = projections::tasks::get_task(&test.pool, task_id).await.unwrap().expect("the task row");
+        assert_eq!(task["status"], "queued");
+    }
+
+    // Far behind (over 512 positions): not read under the append lock; its projector catches it up.
+    let mut projector = test.pool.begin().await.unwrap();
+    sqlx::query("select position from projection_checkpoints where name = 'tasks' for update")
+        .execute(&mut *projector)
+        .await
+        .unwrap();
+    let before = tasks_checkpoint(test.pool.clone()).await;
+    let many: Vec<String> = (0..300).map(|_| ulid::Ulid::new().to_string()).collect();
+    let appends = many.iter().map(|task_id| test.app.store().append(enqueue_command(task_id)));
+    for appended in futures::future::join_all(appends).await {
+        assert!(!appended.unwrap().read_models_applied);
+    }
+    projector.rollback().await.unwrap();
+    let appended = test.app.store().append(enqueue_command(&ulid::Ulid::new().to_string())).await.unwrap();
+    assert!(!appended.read_models_applied);
+    assert_eq!(tasks_checkpoint(test.pool.clone()).await, before);
+    let tasks = test.app.projections().iter().find(|projection| projection.name() == "tasks").unwrap().clone();
+    projections::runner::catch_up(&test.pool, tasks.as_ref(), test.app.upcasters()).await.unwrap();
+    assert_eq!(tasks_checkpoint(test.pool.clone()).await, appended.last_position());
+    assert!(projections::tasks::get_task(&test.pool, &many[299]).await.unwrap().is_some());
+}

@@ -690,6 +690,7 @@ async fn the_exec_handler_runs_a_program_in_its_own_scratch_dir_and_records_its_
         mkdir -p artifacts/sub
         printf 'hello artifact' > artifacts/report.txt
         printf 'diff' > artifacts/sub/change.patch
+        head -c 1100000 /dev/zero | tr '\0' 'x' > artifacts/big.log
         printf '{"cwd": "%s", "stdin_bytes": %s, "objective_seen": %s}' "$(pwd)" "$stdin_bytes" \
             "$( [ -n "$objective" ] && echo true || echo false )" > "$JCT_OUTPUT"
     "#;
@@ -713,19 +714,31 @@ async fn the_exec_handler_runs_a_program_in_its_own_scratch_dir_and_records_its_
     let produced: Vec<store::RecordedEvent> =
         test.events().await.into_iter().filter(|event| event.event_type == events::ARTIFACT_PRODUCED).collect();
     let paths: Vec<&str> = produced.iter().map(|event| event.payload["path"].as_str().unwrap()).collect();
-    assert_eq!(paths, ["report.txt", "sub/change.patch"]);
-    assert_eq!(produced[0].payload["digest"], projections::trace::sha256_digest(b"hello artifact"));
-    assert_eq!(produced[0].payload["size_bytes"], 14);
-    assert_eq!(produced[1].payload["type"], "code_patch");
-    let artifact_id = produced[0].payload["artifact_id"].as_str().unwrap();
+    assert_eq!(paths, ["big.log", "report.txt", "sub/change.patch"]);
+    let big = vec![b'x'; 1_100_000];
+    assert_eq!(produced[0].payload["digest"], projections::trace::sha256_digest(&big));
+    assert_eq!(produced[1].payload["digest"], projections::trace::sha256_digest(b"hello artifact"));
+    assert_eq!(produced[1].payload["size_bytes"], 14);
+    assert_eq!(produced[2].payload["type"], "code_patch");
+    // Content up to a MiB is stored with the events; the larger artifact went to the blob root, flushed first.
+    let in_database: Vec<String> = sqlx::query_scalar("select digest from blobs").fetch_all(&test.pool).await.unwrap();
+    let small_digest = produced[1].payload["digest"].as_str().unwrap().to_owned();
+    let big_digest = produced[0].payload["digest"].as_str().unwrap();
+    assert!(in_database.contains(&small_digest), "{in_database:?}");
+    assert!(!in_database.iter().any(|digest| digest == big_digest));
+    let blob_file = config.trace_projection().blobs().path(big_digest).unwrap();
+    assert_eq!(std::fs::read(&blob_file).unwrap(), big);
+    assert!(config.trace_projection().blobs().path(&small_digest).is_some_and(|path| !path.exists()));
+    let artifact_id = produced[1].payload["artifact_id"].as_str().unwrap();
     let (status, artifact) = get(&test, &format!("/cwom/artifacts/{artifact_id}")).await;
     assert_eq!(status, 200);
-    assert_eq!(artifact["digest"], produced[0].payload["digest"]);
+    assert_eq!(artifact["digest"], produced[1].payload["digest"]);
 
     worker::project_traces(&test.app, &config).await.unwrap();
     let folder = trace_root.join(&task_id);
     assert_eq!(std::fs::read(folder.join("artifacts/report.txt")).unwrap(), b"hello artifact");
     assert_eq!(std::fs::read(folder.join("artifacts/sub/change.patch")).unwrap(), b"diff");
+    assert_eq!(std::fs::read(folder.join("artifacts/big.log")).unwrap(), big);
     let log = std::fs::read_to_string(folder.join("log.txt")).unwrap();
     assert!(log.contains(&format!("stdout| working on {task_id} attempt 1")), "{log}");
     assert!(log.contains("stderr| a warning"), "{log}");
@@ -817,6 +830,12 @@ async fn deleting_the_trace_root_and_rebuilding_reproduces_every_file_byte_for_b
     assert_eq!(output["attempts"][0]["outcome"], "failed");
     assert_eq!(output["attempts"][1]["outcome"], "completed");
 
+    // The stub's logs and artifacts are small: they are stored with the events, and the blob root holds
+    // nothing. The rebuild renders every folder from the database alone.
+    let stored: i64 = sqlx::query_scalar("select count(*) from blobs").fetch_one(&test.pool).await.unwrap();
+    assert!(stored >= 3, "{stored} blobs in the database");
+    let blob_root = config.blob_root();
+    assert!(!blob_root.exists() || snapshot(&blob_root).is_empty(), "no blob file");
     std::fs::remove_dir_all(&root).unwrap();
     std::fs::create_dir_all(&root).unwrap();
     projections::rebuild::rebuild(&test.pool, &config.trace_projection(), test.app.upcasters(), &|_| {}).await.unwrap();

@@ -1,8 +1,8 @@
 -- The `task_queue` read model (projection `task_queue`): the hot set of tasks a worker may claim, queued or
 -- leased, and nothing else (a task leaves it when it completes, fails or is cancelled). Folded from task
--- events only; rebuildable from audit_log. Claims read it with `for update skip locked`, and a claim applies
--- its own events to it in the claim's transaction (each row remembers the stream version it reflects, so
--- applying an event again, inline then by the runner, changes nothing).
+-- events only; rebuildable from audit_log. Claimers pick due rows from it (claim_candidates.sql) and their
+-- claims, fenced by each task's stream version, update it inline (each row remembers the stream version it
+-- reflects, so applying an event again, inline then by the runner, changes nothing).
 create table task_queue (
     task_id text not null,
     -- `queued` (claimable from `due_at`) or `leased` (claimable again when the lease expires at `due_at`).

@@ -49,6 +49,7 @@ async fn append(
         trace_id: Some(trace_id.to_owned()),
         correlation_id: Some(trace_id.to_owned()),
         causation_id: None,
+        blobs: Vec::new(),
     };
     app.store().append(command).await.map(|appended| appended.last_position())
 }

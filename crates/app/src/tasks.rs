@@ -74,6 +74,7 @@ pub async fn enqueue(app: &App, request: EnqueueRequest) -> Result<EnqueueOutcom
             trace_id: Some(request.trace_id.clone()),
             correlation_id: Some(request.trace_id.clone()),
             causation_id: None,
+            blobs: Vec::new(),
         };
         match app.store().append(command).await {
             Ok(appended) => {

@@ -1,11 +1,11 @@
 //! Worker use cases: claim due tasks exactly once per attempt, and append each later fact of an attempt (lease
 //! renewals, artifacts, the end) fenced by the task stream's version.
 //!
-//! A claim is one transaction: lock due rows of `task_queue` with `for update skip locked`, fold each task's
-//! stream, decide (`domain::task::run::decide_claim`), append `TaskClaimed` + `RunStarted` (+ the CWOM Run) with
-//! `ExpectedVersion::Exactly` through [`store::EventStore::append_in`] in the same transaction, apply the queue
-//! projection to the claimed rows inline, commit. Two claimers never lock the same row, and even a claimer
-//! working from a stale row cannot claim twice: the stream version decides. No transaction stays open while a
+//! A claim reads due tasks of `task_queue` with their streams in one statement, folds each task's stream, decides
+//! (`domain::task::run::decide_claim`) and appends `TaskClaimed` + `RunStarted` (+ the CWOM Run) with
+//! `ExpectedVersion::Exactly` at the version it decided on. That expectation is the fence: it is checked under the
+//! append lock in the transaction that appends `TaskClaimed`, so of any number of claimers working from the same
+//! (or a stale) row exactly one claims the attempt and the others get a conflict. No transaction stays open while a
 //! handler runs: everything after the claim is a separate, fenced append ([`append_decision`]).
 
 use std::collections::HashMap;
@@ -19,7 +19,7 @@ use domain::task::run::{decide_claim, Claim, ClaimDecision, CwomContext, Executo
 use projections::queue;
 use serde_json::Value;
 use sqlx::PgConnection;
-use store::{AppendError, Appended, ExpectedVersion, NewCommand, RecordedEvent};
+use store::{AppendError, Appended, ExpectedVersion, NewBlob, NewCommand, RecordedEvent};
 
 use crate::App;
 
@@ -77,25 +77,46 @@ pub struct ClaimBatch {
     pub claimed: Vec<ClaimedTask>,
     /// Tasks whose worker died on their last allowed attempt: failed instead of claimed.
     pub exhausted: usize,
-    /// Rows locked but refused (not due after all, leased, finished) or lost to a concurrent append.
+    /// Tasks picked but refused (not due after all, leased, finished) or lost to another claimer.
     pub skipped: usize,
 }
 
-/// Claims up to `request.limit` due tasks in one transaction.
-pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<ClaimBatch> {
-    // The queue must show what was enqueued: apply whatever the projector has not applied yet.
+/// How many tasks a claim draws its candidates from, per task it wants: the due longest of them, at random, so
+/// that claimers in several processes seldom pick the same task (a task two claimers pick goes to one of them, the
+/// other's append conflicts).
+const CANDIDATE_WINDOW_FACTOR: usize = 4;
 
-    let mut tx = app.pool().begin().await?;
-    // New tasks first: the queue shows them even before the projector applies their TaskEnqueued.
-    queue::admit_enqueued(&mut tx).await?;
+/// How many times [`claim`] picks again when every task it picked was taken by another claimer first.
+const MAX_CLAIM_ROUNDS: usize = 5;
+
+/// Claims up to `request.limit` due tasks: one read of the candidates and their streams
+/// ([`queue::claim_candidates`]), a decision per task, and one append per claim through the store's batching task
+/// (claims of one process, and the other appends waiting with them, share a transaction). No row is locked and no
+/// transaction stays open: each claim's append expects the task's stream at the version it was decided on, so of
+/// two claimers that picked the same task one claims it and the other gets a conflict, and skips it. An empty
+/// batch means nothing was claimable, not that every candidate was lost to a race: those are picked again.
+pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<ClaimBatch> {
+    let mut batch = ClaimBatch::default();
+    for _ in 0..MAX_CLAIM_ROUNDS {
+        let lost = claim_round(app, request, &mut batch).await?;
+        if !batch.claimed.is_empty() || batch.exhausted > 0 || lost == 0 {
+            break;
+        }
+    }
+    Ok(batch)
+}
+
+/// One round of [`claim`]; returns how many claims it lost to other claimers.
+async fn claim_round(app: &App, request: &ClaimRequest<'_>, batch: &mut ClaimBatch) -> anyhow::Result<usize> {
     let local_before = Utc::now();
-    let (now, task_ids) = queue::lock_claimable(&mut tx, request.limit as i64).await?;
+    let candidates =
+        queue::claim_candidates(app.pool(), request.limit, request.limit * CANDIDATE_WINDOW_FACTOR).await?;
     let local_after = Utc::now();
-    let clock_offset = now - (local_before + (local_after - local_before) / 2);
-    let mut batch = ClaimBatch { now: Some(now), clock_offset: Some(clock_offset), ..ClaimBatch::default() };
-    if task_ids.is_empty() {
-        tx.commit().await?;
-        return Ok(batch);
+    let now = candidates.now;
+    batch.now = Some(now);
+    batch.clock_offset = Some(now - (local_before + (local_after - local_before) / 2));
+    if candidates.task_ids.is_empty() {
+        return Ok(0);
     }
     let lease = TimeDelta::from_std(request.lease).context("lease out of range")?;
 
@@ -105,9 +126,11 @@ pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<Clai
         time_budget: Duration,
         exhausted: bool,
     }
-    let mut candidates = Vec::new();
-    let mut commands = Vec::new();
-    for (task_id, loaded) in task_ids.iter().zip(load_candidates(app, &task_ids).await?) {
+    let mut decided = Vec::new();
+    let mut stale_rows = Vec::new();
+    for (task_id, loaded) in
+        candidates.task_ids.iter().zip(load_candidates(app, &candidates.task_ids, candidates.events).await?)
+    {
         let Loaded { events, state, cwom } = loaded;
         let stream = StreamId::new(EntityKind::Task, task_id);
         let run_id = ulid::Ulid::new().to_string();
@@ -137,32 +160,38 @@ pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<Clai
                 // The row was stale (the projector had not applied the stream's latest events yet): bring it up
                 // to date from the stream, so it stops coming back.
                 tracing::debug!(task_id, %refusal, "queue row not claimable");
-                queue::apply_inline(&mut tx, &events).await?;
+                stale_rows.extend(events);
                 batch.skipped += 1;
                 continue;
             }
         };
-        commands.push(NewCommand {
+        let command = NewCommand {
             events: new_events,
             expected: vec![(stream, ExpectedVersion::Exactly(state.version))],
             idempotency_key: None,
             trace_id: state.trace_id.clone(),
             correlation_id: state.trace_id.clone(),
             causation_id: None,
-        });
-        candidates.push(Candidate { state, run_id, time_budget, exhausted });
+            blobs: Vec::new(),
+        };
+        decided.push((Candidate { state, run_id, time_budget, exhausted }, command));
     }
-    if commands.is_empty() {
-        tx.commit().await?;
-        return Ok(batch);
+    if !stale_rows.is_empty() {
+        let mut conn = app.pool().acquire().await?;
+        queue::apply_inline(&mut conn, &stale_rows).await?;
     }
 
-    let results = app.store().append_in(&mut tx, commands).await?;
-    for (candidate, result) in candidates.into_iter().zip(results) {
+    // Every claim is its own command, appended at once: the batching task puts them in one transaction.
+    let appends =
+        decided.into_iter().map(|(candidate, command)| async move { (candidate, app.store().append(command).await) });
+    let mut lost = 0;
+    let mut unapplied = Vec::new();
+    for (candidate, result) in futures::future::join_all(appends).await {
         let appended = match result {
             Ok(appended) => appended,
             Err(AppendError::Conflict { .. }) => {
                 batch.skipped += 1;
+                lost += 1;
                 continue;
             }
             Err(error) => return Err(anyhow::Error::from(error).context("append a claim")),
@@ -170,7 +199,7 @@ pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<Clai
         let task_events: Vec<RecordedEvent> =
             appended.events.iter().filter(|event| event.stream.kind == EntityKind::Task).cloned().collect();
         if !appended.read_models_applied {
-            queue::apply_inline(&mut tx, &task_events).await?;
+            unapplied.extend(task_events.iter().cloned());
         }
         if candidate.exhausted {
             batch.exhausted += 1;
@@ -197,26 +226,30 @@ pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<Clai
             state,
         });
     }
-    tx.commit().await.context("commit the claim")?;
-    Ok(batch)
+    // Unless the store applied the read models with the claims, the queue rows follow at once (the next claimer
+    // sees the leases): committed events of their own streams, which the projector applies again to no effect.
+    if !unapplied.is_empty() {
+        let mut conn = app.pool().acquire().await?;
+        if let Err(error) = queue::apply_inline(&mut conn, &unapplied).await {
+            tracing::warn!("failed to update the claimed tasks' queue rows: {error:#}");
+        }
+    }
+    Ok(lost)
 }
 
-/// A locked candidate's stream, state and CWOM context.
+/// A candidate's stream, state and CWOM context.
 struct Loaded {
     events: Vec<RecordedEvent>,
     state: TaskState,
     cwom: Option<CwomContext>,
 }
 
-/// Reads the candidates' streams and CWOM context outside the claim transaction (events are immutable; the
-/// claim's expected stream versions catch any change since), so the transaction is short: one round trip for
-/// any number of candidates (their Task streams, their Issues' streams, and the ContextPackets and
-/// ConstraintSnapshots those link: [`store::read::read_claim_streams`]), and one more for any stream that read
-/// did not cover (an upcaster may have moved what it looks for).
-async fn load_candidates(app: &App, task_ids: &[String]) -> anyhow::Result<Vec<Loaded>> {
-    let mut conn = app.pool().acquire().await?;
+/// Folds the candidates' streams and CWOM context from the events the claim read with them (events are
+/// immutable; the claim's expected stream versions catch any change since), with one more read for any stream
+/// that read did not cover (an upcaster may have moved the payload paths it follows).
+async fn load_candidates(app: &App, task_ids: &[String], read: Vec<RecordedEvent>) -> anyhow::Result<Vec<Loaded>> {
     let mut streams: HashMap<String, Vec<RecordedEvent>> = HashMap::new();
-    for event in store::read::read_claim_streams(&mut *conn, task_ids).await? {
+    for event in read {
         streams.entry(event.stream.id.clone()).or_default().push(app.upcasters().upcast(event));
     }
     let mut states = Vec::with_capacity(task_ids.len());
@@ -232,7 +265,10 @@ async fn load_candidates(app: &App, task_ids: &[String]) -> anyhow::Result<Vec<L
         .filter(|id| !streams.contains_key(id.as_str()))
         .map(|id| StreamId::new(EntityKind::Issue, id.as_str()))
         .collect();
-    streams.extend(read_streams(&mut conn, app, &missing).await?);
+    if !missing.is_empty() {
+        let mut conn = app.pool().acquire().await?;
+        streams.extend(read_streams(&mut conn, app, &missing).await?);
+    }
     let missing: Vec<StreamId> = issue_ids
         .iter()
         .filter_map(|id| streams.get(id.as_str()))
@@ -243,7 +279,10 @@ async fn load_candidates(app: &App, task_ids: &[String]) -> anyhow::Result<Vec<L
         })
         .filter(|stream| !streams.contains_key(&stream.id))
         .collect();
-    streams.extend(read_streams(&mut conn, app, &missing).await?);
+    if !missing.is_empty() {
+        let mut conn = app.pool().acquire().await?;
+        streams.extend(read_streams(&mut conn, app, &missing).await?);
+    }
 
     let mut loaded = Vec::with_capacity(states.len());
     for (events, state) in states {
@@ -338,6 +377,18 @@ pub async fn append_decision(
     trace_id: Option<&str>,
     decide: impl Fn(&TaskState) -> Result<Vec<NewEvent>, Refusal>,
 ) -> anyhow::Result<Result<Appended, Refusal>> {
+    append_decision_with_blobs(app, state, trace_id, &[], decide).await
+}
+
+/// [`append_decision`], storing `blobs` (content its events name by digest: a handler log, artifacts) in the
+/// same transaction.
+pub async fn append_decision_with_blobs(
+    app: &App,
+    state: &mut TaskState,
+    trace_id: Option<&str>,
+    blobs: &[NewBlob],
+    decide: impl Fn(&TaskState) -> Result<Vec<NewEvent>, Refusal>,
+) -> anyhow::Result<Result<Appended, Refusal>> {
     for _ in 0..MAX_DECISION_ATTEMPTS {
         let new_events = match decide(state) {
             Ok(new_events) => new_events,
@@ -350,6 +401,7 @@ pub async fn append_decision(
             trace_id: trace_id.map(str::to_owned).or_else(|| state.trace_id.clone()),
             correlation_id: state.trace_id.clone(),
             causation_id: None,
+            blobs: blobs.to_vec(),
         };
         match app.store().append(command).await {
             Ok(appended) => {

@@ -1,9 +1,9 @@
 //! The `task_queue` read model: queued and leased tasks only, the hot table workers claim from.
 //!
 //! Each row reflects its task's stream up to `version`, and [`QueueProjection::apply`] ignores an event the row
-//! already reflects. A row depends on its own stream only, so the claim transaction may apply its own events
-//! inline (consistency: the next claimer sees the lease at once) and the runner applies them again later
-//! without effect; a rebuild from the log gives the same rows.
+//! already reflects. A row depends on its own stream only, so a claimer may apply a claim's events to it as soon
+//! as they commit (the next claimer sees the lease at once) and the runner applies them again later without
+//! effect; a rebuild from the log gives the same rows. Claimers pick from it with [`claim_candidates`].
 
 use std::collections::HashMap;
 
@@ -14,7 +14,7 @@ use domain::event::EntityKind;
 use domain::task::lifecycle::events;
 use domain::task::run::{TaskClaimed, TaskLeaseRenewed, TaskReleased, TaskRetryScheduled};
 use serde::Deserialize as _;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row as _};
 use store::RecordedEvent;
 
 use crate::Projection;
@@ -242,18 +242,6 @@ impl Rows {
     }
 }
 
-/// Applies the TaskEnqueued events past the checkpoint to `task_queue` early, in the caller's (claim)
-/// transaction, so a task is claimable as soon as its enqueue commits, without waiting for an applier. Safe for
-/// the same reason as the inline application of a claim's own events: a row depends on its own stream only.
-/// Returns how many tasks were admitted.
-pub async fn admit_enqueued(conn: &mut PgConnection) -> anyhow::Result<u64> {
-    let admitted = sqlx::query(include_str!("../../../projections/task_queue/admit_enqueued.sql"))
-        .execute(conn)
-        .await
-        .context("admit newly enqueued tasks")?;
-    Ok(admitted.rows_affected())
-}
-
 /// Catches the queue up with the log without queueing behind another applier for long: the checkpoint lock is
 /// awaited at most `patience` (an applier applying a few events is done by then; a projector applying a large
 /// batch is not, and the caller goes on: that projector is doing the work). Same transaction discipline as `runner::apply_batch` (the checkpoint moves with
@@ -265,6 +253,10 @@ pub async fn catch_up_briefly(
     upcasters: &store::Upcasters,
     patience: std::time::Duration,
 ) -> anyhow::Result<usize> {
+    // Without locking first: an idle catch-up holding the checkpoint row would make appends skip the queue.
+    if !crate::runner::is_behind(pool, QueueProjection::NAME).await? {
+        return Ok(0);
+    }
     let mut applied = 0;
     loop {
         let mut tx = pool.begin().await?;
@@ -368,19 +360,45 @@ impl ScannedRow {
 /// How many events one claimer's catch-up transaction applies at most.
 const CLAIM_CATCH_UP_BATCH: i64 = 2000;
 
-/// Up to `limit` tasks claimable now (queued and due, or under an expired lease), locked `for update skip
-/// locked` in the caller's transaction, oldest due first, and the database's clock that decided what is due
-/// (microseconds, as the log stores them). One round trip.
-pub async fn lock_claimable(conn: &mut PgConnection, limit: i64) -> anyhow::Result<(DateTime<Utc>, Vec<String>)> {
-    let rows: Vec<(Option<String>, DateTime<Utc>)> =
-        sqlx::query_as(include_str!("../../../projections/task_queue/claimable.sql"))
-            .bind(limit)
-            .fetch_all(conn)
-            .await
-            .context("lock claimable tasks")?;
-    let now = rows.first().map(|(_, now)| *now).context("the claim query returns the clock")?;
+/// What a claimer reads in one round trip ([`claim_candidates`]).
+#[derive(Debug, Clone)]
+pub struct Candidates {
+    /// The database's clock that decided what is due (microseconds, as the log stores them).
+    pub now: DateTime<Utc>,
+    /// The picked tasks' events, their CWOM Issues' and the ContextPackets and ConstraintSnapshots those link,
+    /// without before/after images, in log order.
+    pub events: Vec<RecordedEvent>,
+    /// The picked tasks, oldest first.
+    pub task_ids: Vec<String>,
+}
+
+/// Up to `limit` tasks claimable now (queued and due, or under an expired lease), drawn at random from the
+/// `window` due longest, with everything deciding their claims needs, in one statement and no transaction
+/// (`projections/task_queue/claim_candidates.sql`): newly enqueued tasks the projector has not applied yet are
+/// admitted to the queue first, so a task is claimable as soon as its enqueue commits. Nothing is reserved:
+/// the claim's append expects each stream at the version read here, so a task another claimer took meanwhile
+/// is a conflict, never a second claim.
+pub async fn claim_candidates(pool: &sqlx::PgPool, limit: usize, window: usize) -> anyhow::Result<Candidates> {
+    let rows = sqlx::query(include_str!("../../../projections/task_queue/claim_candidates.sql"))
+        .bind(i64::try_from(limit).context("claim limit out of range")?)
+        .bind(i64::try_from(window.max(limit)).context("claim window out of range")?)
+        .fetch_all(pool)
+        .await
+        .context("pick claimable tasks and read their streams")?;
+    let now: DateTime<Utc> = rows.first().context("the claim read returns the clock")?.try_get("now")?;
     let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
-    Ok((now, rows.into_iter().filter_map(|(task_id, _)| task_id).collect()))
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.try_get::<Option<i64>, _>("position")?.is_some() {
+            events.push(RecordedEvent::from_row(row).context("decode a claim candidate's event")?);
+        }
+    }
+    let task_ids = events
+        .iter()
+        .filter(|event| event.stream.kind == EntityKind::Task && event.stream_version == 1)
+        .map(|event| event.stream.id.clone())
+        .collect();
+    Ok(Candidates { now, events, task_ids })
 }
 
 /// Applies events of one task stream to its row (inline, in the caller's transaction). Events the row already

@@ -62,6 +62,20 @@ pub async fn checkpoint(pool: &PgPool, name: &str) -> anyhow::Result<i64> {
         .with_context(|| format!("projection {name} is not installed"))
 }
 
+/// Whether the projection `name`'s checkpoint is behind the log's head (or missing), read without locking the
+/// checkpoint row.
+pub async fn is_behind(pool: &PgPool, name: &str) -> anyhow::Result<bool> {
+    let behind: Option<bool> = sqlx::query_scalar(
+        "select c.position < coalesce((select max(position) from audit_log), 0) \
+           from projection_checkpoints c where c.name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .context("is the projection behind")?;
+    Ok(behind != Some(false))
+}
+
 /// Applies one batch: locks the checkpoint row (so one applier at a time, across processes), applies the events
 /// after it, moves it to the last event actually read, and commits. Reads only the events of the projection's
 /// [`Projection::entity_kinds`], without images unless it [`Projection::folds_images`]; the checkpoint then moves
@@ -74,14 +88,7 @@ pub async fn apply_batch(
 ) -> anyhow::Result<usize> {
     // Without taking the checkpoint row: when appends apply this model inline, it is usually current, and a
     // locked row would make the next append leave the model to this projector.
-    let behind: Option<bool> = sqlx::query_scalar(
-        "select c.position < coalesce((select max(position) from audit_log), 0) \
-           from projection_checkpoints c where c.name = $1",
-    )
-    .bind(projection.name())
-    .fetch_optional(pool)
-    .await?;
-    if behind == Some(false) {
+    if !is_behind(pool, projection.name()).await? {
         return Ok(0);
     }
     let mut tx = pool.begin().await?;

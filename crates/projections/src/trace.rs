@@ -19,16 +19,20 @@
 //! trace root and rebuilding reproduces every file byte for byte. Each file is written atomically (a temporary
 //! file in the same directory, then `rename`).
 //!
-//! **Blobs** ([`BlobStore`]): the worker stores each handler log and artifact under
-//! `<blob root>/sha256/<hex>` before appending the event that names it (`log_digest`, `digest`). The blob root
-//! defaults to `<trace root>/.blobs`; it is the projection's input, like the log, so a rebuild that deletes
-//! the trace root must keep it (or the blob root must live elsewhere). A missing blob renders as a one-line
-//! notice rather than failing the projection.
+//! **Blobs**: the events name each handler log and artifact by digest (`log_digest`, `digest`). Content up to
+//! [`store::blob::MAX_INLINE_BLOB_BYTES`] is stored in the database with the events that name it (`blobs`,
+//! [`store::blob`]); larger content under `<blob root>/sha256/<hex>` ([`BlobStore`]), on the disk before the
+//! event is appended. Rendering reads the database first, then the blob root. The blob root defaults to
+//! `<trace root>/.blobs`; it is the projection's input, like the log, so a rebuild that deletes the trace root
+//! must keep it (or the blob root must live elsewhere). A missing blob renders as a one-line notice rather than
+//! failing the projection.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -50,7 +54,7 @@ pub fn file_uri(path: &Path) -> String {
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    store::blob::sha256_digest(bytes)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, then `rename`. Creates the
@@ -280,15 +284,31 @@ impl Projection for TraceProjection {
         for event in store::read::read_streams(&mut *conn, &streams).await? {
             by_stream.entry(event.stream.id.clone()).or_default().push(event);
         }
+        let to_write: Vec<(String, Vec<RecordedEvent>)> = last
+            .into_iter()
+            .filter_map(|event| {
+                let stream = by_stream.remove(&event.stream.id).unwrap_or_default();
+                to_render(event, stream).map(|stream| (event.stream.id.clone(), stream))
+            })
+            .collect();
         let mut writers = tokio::task::JoinSet::new();
-        for event in last {
-            let stream = by_stream.remove(&event.stream.id).unwrap_or_default();
-            let Some(stream) = to_render(event, stream) else { continue };
-            while writers.len() >= PARALLEL_WRITERS {
-                writers.join_next().await.expect("not empty").context("the trace writer panicked")??;
+        // The blobs of a few folders at a time (each up to a MiB), in one round trip.
+        for chunk in to_write.chunks(BLOB_READ_FOLDERS) {
+            let digests: Vec<String> = chunk
+                .iter()
+                .flat_map(|(_, stream)| named_digests(stream))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let stored = Arc::new(store::blob::read_blobs(&mut *conn, &digests).await?);
+            for (task_id, stream) in chunk {
+                while writers.len() >= PARALLEL_WRITERS {
+                    writers.join_next().await.expect("not empty").context("the trace writer panicked")??;
+                }
+                let blobs = Blobs { stored: stored.clone(), files: self.blobs.clone() };
+                let (folder, stream) = (self.folder(task_id), stream.clone());
+                writers.spawn_blocking(move || write_folder(&folder, &stream, &blobs));
             }
-            let (folder, blobs) = (self.folder(&event.stream.id), self.blobs.clone());
-            writers.spawn_blocking(move || write_folder(&folder, &stream, &blobs));
         }
         while let Some(written) = writers.join_next().await {
             written.context("the trace writer panicked")??;
@@ -298,7 +318,10 @@ impl Projection for TraceProjection {
 
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {
         let Some(stream) = self.stream_to_render(conn, event).await? else { return Ok(()) };
-        let (folder, blobs) = (self.folder(&event.stream.id), self.blobs.clone());
+        let digests: Vec<String> = named_digests(&stream).into_iter().collect();
+        let stored = Arc::new(store::blob::read_blobs(&mut *conn, &digests).await?);
+        let blobs = Blobs { stored, files: self.blobs.clone() };
+        let folder = self.folder(&event.stream.id);
         tokio::task::spawn_blocking(move || write_folder(&folder, &stream, &blobs))
             .await
             .context("the trace writer panicked")?
@@ -310,6 +333,49 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How many folders a batch writes at once.
 const PARALLEL_WRITERS: usize = 4;
+
+/// How many folders' blobs are read from the database in one round trip (each blob is at most
+/// [`store::blob::MAX_INLINE_BLOB_BYTES`]).
+const BLOB_READ_FOLDERS: usize = 32;
+
+/// The blobs a folder is rendered from: those stored with the events (read for the batch), else the files of the
+/// blob store.
+struct Blobs {
+    stored: Arc<HashMap<String, Vec<u8>>>,
+    files: BlobStore,
+}
+
+impl Blobs {
+    fn get(&self, digest: &str) -> Option<Vec<u8>> {
+        self.stored.get(digest).cloned().or_else(|| self.files.get(digest))
+    }
+}
+
+/// Every digest a stream's events name (the values of `digest` and `log_digest` members, at any depth): what
+/// rendering its folder may read.
+fn named_digests(stream: &[RecordedEvent]) -> BTreeSet<String> {
+    fn walk(value: &Value, found: &mut BTreeSet<String>) {
+        match value {
+            Value::Object(members) => {
+                for (key, value) in members {
+                    match (key.as_str(), value) {
+                        ("digest" | "log_digest", Value::String(digest)) => {
+                            found.insert(digest.clone());
+                        }
+                        _ => walk(value, found),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| walk(item, found)),
+            _ => {}
+        }
+    }
+    let mut found = BTreeSet::new();
+    for event in stream {
+        walk(&event.payload, &mut found);
+    }
+    found
+}
 
 impl TraceProjection {
     /// The task stream to render for `event`, or `None` (see [`may_render`] and [`to_render`]).
@@ -354,7 +420,7 @@ fn to_render(event: &RecordedEvent, stream: Vec<RecordedEvent>) -> Option<Vec<Re
 }
 
 /// Renders a task's folder and writes the files that changed, each atomically.
-fn write_folder(folder: &Path, stream: &[RecordedEvent], blobs: &BlobStore) -> anyhow::Result<()> {
+fn write_folder(folder: &Path, stream: &[RecordedEvent], blobs: &Blobs) -> anyhow::Result<()> {
     for (relative, bytes) in render(stream, &|digest| blobs.get(digest)) {
         let path = folder.join(&relative);
         // Unchanged files stay as they are (input.json and artifacts never change once written).

@@ -14,10 +14,10 @@ use chrono::{DateTime, Utc};
 pub use domain::event::NewEvent;
 use domain::event::StreamId;
 use serde_json::Value;
-use sqlx::Executor as _;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::blob::{NewBlob, MAX_INLINE_BLOB_BYTES, MAX_INLINE_BLOB_BYTES_PER_COMMAND};
 use crate::canonical::{as_jsonb_reads_back, canonical_bytes, chain_hash, CanonicalEvent, GENESIS_HASH};
 use crate::record::RecordedEvent;
 use crate::EVENTS_CHANNEL;
@@ -56,6 +56,10 @@ pub struct NewCommand {
     pub trace_id: Option<String>,
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
+    /// Content the events name by digest, stored in the same transaction (a blob already stored is left as it
+    /// is). At most [`crate::blob::MAX_INLINE_BLOB_BYTES`] each, [`crate::blob::MAX_INLINE_BLOB_BYTES_PER_COMMAND`]
+    /// in all.
+    pub blobs: Vec<NewBlob>,
 }
 
 /// What a successful append stored.
@@ -106,7 +110,6 @@ pub trait InlineProjector: Send + Sync + 'static {
 pub struct EventStore {
     pool: PgPool,
     queue: mpsc::Sender<Pending>,
-    inline: Option<Arc<dyn InlineProjector>>,
     /// Owners of unique keys already read. A claim never changes owner: `unique_claims` only grows, and it is
     /// derived from the append-only log, so a remembered owner can never be stale.
     claim_owners: Arc<quick_cache::sync::Cache<String, (StreamId, i64)>>,
@@ -130,9 +133,9 @@ impl EventStore {
 
     fn start(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>) -> EventStore {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run_batches(pool.clone(), inline.clone(), receiver));
+        tokio::spawn(run_batches(pool.clone(), inline, receiver));
         let claim_owners = Arc::new(quick_cache::sync::Cache::new(CLAIM_CACHE_CAPACITY));
-        EventStore { pool, queue, inline, claim_owners }
+        EventStore { pool, queue, claim_owners }
     }
 
     /// The stream that claimed unique key `key` and the position of that claim, or `None` if nobody has. An
@@ -146,19 +149,6 @@ impl EventStore {
             self.claim_owners.insert(key.to_owned(), owner.clone());
         }
         Ok(owner)
-    }
-
-    /// Appends `commands` inside the caller's transaction, as [`append_batch`] does, and applies the inline read
-    /// models to the events in the same transaction. For commands that must commit with other changes (a
-    /// worker's claim locks its queue rows first).
-    pub async fn append_in(
-        &self,
-        conn: &mut PgConnection,
-        commands: Vec<NewCommand>,
-    ) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
-        let mut results = append_batch(&mut *conn, commands).await?;
-        apply_inline_in_savepoint(self.inline.as_deref(), conn, &mut results).await;
-        Ok(results)
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -240,29 +230,6 @@ async fn append_in_own_transaction(
     Ok(results)
 }
 
-/// Runs the inline projector over a batch's stored events inside a savepoint: a read model that fails to apply
-/// is rolled back to where it was (its projector retries and reports it), and the events commit regardless.
-/// For batches in a caller's transaction, which the store cannot retry.
-async fn apply_inline_in_savepoint(
-    inline: Option<&dyn InlineProjector>,
-    conn: &mut PgConnection,
-    results: &mut [Result<Appended, AppendError>],
-) {
-    let Some(inline) = inline else { return };
-    let (events, counts) = take_events(results);
-    if events.is_empty() {
-        return;
-    }
-    let all_applied = match apply_in_savepoint(inline, conn, &events).await {
-        Ok(all_applied) => all_applied,
-        Err(error) => {
-            tracing::warn!("inline read models not applied; their projectors will catch up: {error:#}");
-            false
-        }
-    };
-    give_back_events(results, events, &counts, all_applied);
-}
-
 /// The stored events of every successful command as one slice for the inline projector, moved out of the
 /// results (not copied), with how many each command had.
 fn take_events(results: &mut [Result<Appended, AppendError>]) -> (Vec<RecordedEvent>, Vec<usize>) {
@@ -289,24 +256,6 @@ fn give_back_events(
     }
 }
 
-async fn apply_in_savepoint(
-    inline: &dyn InlineProjector,
-    conn: &mut PgConnection,
-    events: &[RecordedEvent],
-) -> anyhow::Result<bool> {
-    conn.execute("savepoint inline_projections").await?;
-    match inline.apply_appended(&mut *conn, events).await {
-        Ok(all_applied) => {
-            conn.execute("release savepoint inline_projections").await?;
-            Ok(all_applied)
-        }
-        Err(error) => {
-            conn.execute("rollback to savepoint inline_projections").await?;
-            Err(error)
-        }
-    }
-}
-
 fn validate(command: &NewCommand) -> Result<(), AppendError> {
     if command.events.is_empty() {
         return Err(AppendError::Invalid("a command must append at least one event".into()));
@@ -326,6 +275,25 @@ fn validate(command: &NewCommand) -> Result<(), AppendError> {
     }
     if has_nul {
         return Err(AppendError::Invalid("text must not contain the NUL character (U+0000)".into()));
+    }
+    let mut blob_bytes = 0;
+    for blob in &command.blobs {
+        if blob.size_bytes() > MAX_INLINE_BLOB_BYTES {
+            return Err(AppendError::Invalid(format!(
+                "blob {} has {} bytes; at most {MAX_INLINE_BLOB_BYTES} are stored with the events",
+                blob.digest,
+                blob.size_bytes()
+            )));
+        }
+        if blob.digest != crate::blob::sha256_digest(&blob.content) {
+            return Err(AppendError::Invalid(format!("blob {} is not the SHA-256 of its content", blob.digest)));
+        }
+        blob_bytes += blob.size_bytes();
+    }
+    if blob_bytes > MAX_INLINE_BLOB_BYTES_PER_COMMAND {
+        return Err(AppendError::Invalid(format!(
+            "a command carries {blob_bytes} bytes of blobs in all; at most {MAX_INLINE_BLOB_BYTES_PER_COMMAND}"
+        )));
     }
     Ok(())
 }
@@ -422,10 +390,18 @@ async fn append_validated(
 
     let ts = now_micros();
     let mut results = Vec::with_capacity(commands.len());
+    // Each blob once per batch, with the position of the first event of the command that carried it.
+    let mut blobs: Vec<(NewBlob, i64)> = Vec::new();
+    let mut blob_digests = std::collections::HashSet::new();
     for command in commands {
         match check(&command, &versions, &claims) {
             Err(rejection) => results.push(Err(rejection)),
             Ok(()) => {
+                for blob in command.blobs {
+                    if blob_digests.insert(blob.digest.clone()) {
+                        blobs.push((blob, head_position + 1));
+                    }
+                }
                 let mut recorded = Vec::with_capacity(command.events.len());
                 for event in command.events {
                     let stream_key = (event.data.stream.kind.as_str().to_owned(), event.data.stream.id.clone());
@@ -481,6 +457,9 @@ async fn append_validated(
     let mut rows_to_insert = InsertColumns::default();
     for record in results.iter().filter_map(|result| result.as_ref().ok()).flat_map(|appended| &appended.events) {
         rows_to_insert.push(record);
+    }
+    for (blob, position) in &blobs {
+        rows_to_insert.push_blob(blob, *position);
     }
     if !rows_to_insert.position.is_empty() {
         rows_to_insert.insert(conn, head_position).await?;
@@ -598,6 +577,10 @@ struct InsertColumns<'r> {
     claim_kind: Vec<&'static str>,
     claim_id: Vec<&'r str>,
     claim_position: Vec<i64>,
+    blob_digest: Vec<&'r str>,
+    blob_size: Vec<i64>,
+    blob_content: Vec<&'r [u8]>,
+    blob_position: Vec<i64>,
 }
 
 impl<'r> InsertColumns<'r> {
@@ -634,6 +617,13 @@ impl<'r> InsertColumns<'r> {
         }
     }
 
+    fn push_blob(&mut self, blob: &'r NewBlob, position: i64) {
+        self.blob_digest.push(&blob.digest);
+        self.blob_size.push(blob.size_bytes() as i64);
+        self.blob_content.push(&blob.content);
+        self.blob_position.push(position);
+    }
+
     async fn insert(self, conn: &mut PgConnection, last_position: i64) -> anyhow::Result<()> {
         sqlx::query(
             "with events as ( \
@@ -655,6 +645,10 @@ impl<'r> InsertColumns<'r> {
              ), claims as ( \
                insert into unique_claims (key, entity_kind, entity_id, position) \
                select * from unnest($24::text[], $25::text[], $26::text[], $27::bigint[]) \
+             ), blobs as ( \
+               insert into blobs (digest, size_bytes, content, position) \
+               select * from unnest($30::text[], $31::bigint[], $32::bytea[], $33::bigint[]) \
+               on conflict (digest) do nothing \
              ) \
              select pg_notify($28, $29)",
         )
@@ -687,6 +681,10 @@ impl<'r> InsertColumns<'r> {
         .bind(&self.claim_position)
         .bind(EVENTS_CHANNEL)
         .bind(last_position.to_string())
+        .bind(&self.blob_digest)
+        .bind(&self.blob_size)
+        .bind(&self.blob_content)
+        .bind(&self.blob_position)
         .execute(conn)
         .await
         .context("insert events")?;

@@ -5,6 +5,7 @@
 //!   unique-key claims ([`EventStore::append`]);
 //! - read everything after a position, or one stream, in position order ([`read`]);
 //! - wake subscribers through `NOTIFY` and let them catch up without ever skipping an event ([`Subscription`]);
+//! - store the content events name by digest with them ([`blob`]);
 //! - verify the SHA-256 hash chain ([`verify`]);
 //! - upcast old payload versions on read ([`Upcasters`]).
 //!
@@ -13,6 +14,7 @@
 
 mod append;
 pub mod audit;
+pub mod blob;
 mod canonical;
 pub mod read;
 mod record;
@@ -24,6 +26,7 @@ pub use append::{
     append_batch, AppendError, Appended, EventStore, ExpectedVersion, InlineProjector, NewCommand, NewEvent,
     APPEND_LOCK_KEY,
 };
+pub use blob::NewBlob;
 pub use canonical::{canonical_bytes, chain_hash, content_hash, link_hash, GENESIS_HASH};
 pub use record::RecordedEvent;
 pub use subscribe::{Subscription, Wakeup};

@@ -190,39 +190,3 @@ pub async fn read_streams<'c>(
     .context("read streams")?;
     rows.iter().map(|row| RecordedEvent::from_row(row).context("decode event")).collect()
 }
-
-/// What a claim decides on, in one round trip: every event of the Task streams `task_ids`, of the Issue each
-/// one's `TaskCreated` names (`payload.task.cwom_issue_id`), and of the ContextPackets and ConstraintSnapshots
-/// those Issues link, in position order, without their `before` and `after` images (a claim folds payloads; the
-/// images are most of these streams' bytes, each a whole document to decode). The paths into payloads are those
-/// of the stored versions; a caller that folds (and upcasts) the result and finds a stream it needs missing reads
-/// that stream with [`read_streams`].
-pub async fn read_claim_streams<'c>(
-    executor: impl PgExecutor<'c>,
-    task_ids: &[String],
-) -> anyhow::Result<Vec<RecordedEvent>> {
-    if task_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = sqlx::query(&format!(
-        "with task_events as (select * from audit_log where entity_kind = 'Task' and entity_id = any($1)), \
-              issue_ids as (select distinct payload -> 'task' ->> 'cwom_issue_id' as id from task_events \
-                             where event_type = 'TaskCreated' and payload -> 'task' ->> 'cwom_issue_id' is not null), \
-              issue_events as (select a.* from audit_log a join issue_ids i on a.entity_id = i.id \
-                                where a.entity_kind = 'Issue'), \
-              linked as (select distinct payload ->> 'linked_kind' as kind, payload ->> 'linked_id' as id \
-                           from issue_events \
-                          where action = 'linked' \
-                            and payload ->> 'linked_kind' in ('ContextPacket', 'ConstraintSnapshot')) \
-         select {COLUMNS_WITHOUT_IMAGES} from task_events \
-         union all select {COLUMNS_WITHOUT_IMAGES} from issue_events \
-         union all select {COLUMNS_WITHOUT_IMAGES} from audit_log \
-                    where (entity_kind, entity_id) in (select kind, id from linked) \
-         order by position"
-    ))
-    .bind(task_ids)
-    .fetch_all(executor)
-    .await
-    .context("read the claim's streams")?;
-    rows.iter().map(|row| RecordedEvent::from_row(row).context("decode event")).collect()
-}

@@ -42,7 +42,9 @@ pub(crate) const COLUMNS_WITHOUT_IMAGES: &str = "position, event_id, ts, entity_
      note, trace_id, correlation_id, causation_id, idempotency_key, unique_keys, prev_hash, hash";
 
 impl RecordedEvent {
-    pub(crate) fn from_row(row: &PgRow) -> Result<RecordedEvent, sqlx::Error> {
+    /// Decodes a row holding every column of [`COLUMNS`] by name (a statement of another crate that reads events
+    /// with its own SQL, e.g. a claim's, selects them under the same names).
+    pub fn from_row(row: &PgRow) -> Result<RecordedEvent, sqlx::Error> {
         let kind: String = row.try_get("entity_kind")?;
         let action: String = row.try_get("action")?;
         let actor_kind: String = row.try_get("actor_kind")?;

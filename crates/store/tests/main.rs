@@ -3,9 +3,9 @@
 extern crate jct_store as store;
 
 mod append;
+mod blobs;
 mod guard;
 mod pool;
-mod read;
 mod subscribe;
 mod support;
 mod tamper;

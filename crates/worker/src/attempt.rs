@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use app::worker::{append_decision, ClaimedTask};
+use app::worker::{append_decision, append_decision_with_blobs, ClaimedTask};
 use chrono::TimeDelta;
 use domain::task::lifecycle::TaskStatus;
 use domain::task::run::{
@@ -13,6 +13,8 @@ use domain::task::run::{
     RetryPolicy, RunOutcome, TaskState,
 };
 use projections::trace::{file_uri, is_safe_relative_path, BlobBatch};
+use store::blob::{MAX_INLINE_BLOB_BYTES, MAX_INLINE_BLOB_BYTES_PER_COMMAND};
+use store::NewBlob;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -150,14 +152,15 @@ async fn attempt(worker: &Worker, claimed: &ClaimedTask, scratch: &Path, release
     if let Some(Stop::LeaseLost(error)) = stop {
         return Outcome::Abandoned { task_id, attempt, error };
     }
-    // Blobs first: an event never names content that is not stored.
-    let (log_digest, artifacts) =
+    // Blobs first (large ones on the disk, small ones with the events): an event never names content that is not
+    // stored.
+    let StoredOutputs { log_digest, artifacts, inline: blobs } =
         store_outputs(worker, &claimed.task_id, &scratch.join("artifacts"), result.log, result.artifacts).await;
 
     let worker_id = worker.config.worker_id.as_str();
     if let Some(Stop::Released) = stop {
         let now = worker.clock.now();
-        let decided = record(worker, &mut state, |state| {
+        let decided = record(worker, &mut state, &blobs, |state| {
             decide_release(
                 state,
                 &Release {
@@ -191,7 +194,7 @@ async fn attempt(worker: &Worker, claimed: &ClaimedTask, scratch: &Path, release
     };
     let jitter: f64 = rand::random();
     let now = worker.clock.now();
-    let decided = record(worker, &mut state, |state| {
+    let decided = record(worker, &mut state, &blobs, |state| {
         // Artifacts and the end in one command: both or neither.
         let mut new_events = decide_artifacts(state, attempt, worker_id, now, &artifacts)?;
         let mut next = state.clone();
@@ -310,12 +313,13 @@ async fn supervise(
 async fn record(
     worker: &Worker,
     state: &mut TaskState,
+    blobs: &[NewBlob],
     decide: impl Fn(&TaskState) -> Result<Vec<domain::event::NewEvent>, Refusal>,
 ) -> anyhow::Result<Result<(), Refusal>> {
     let give_up = tokio::time::Instant::now() + worker.config.lease;
     let mut delay = Duration::from_millis(100);
     loop {
-        match append_decision(&worker.app, state, None, &decide).await {
+        match append_decision_with_blobs(&worker.app, state, None, blobs, &decide).await {
             Ok(Ok(_)) => return Ok(Ok(())),
             Ok(Err(refusal)) => return Ok(Err(refusal)),
             Err(error) if tokio::time::Instant::now() + delay < give_up => {
@@ -328,53 +332,124 @@ async fn record(
     }
 }
 
-/// Stores the handler's log and artifacts in the blob store, on the disk (one flush of the blob directory for
-/// all of them) before it returns. A log or artifacts that could not be stored are left out, with a warning:
-/// the attempt still ends, and no event names content that is not stored.
+/// What an attempt's end stores: the handler log's digest, the artifacts, and the content of those small enough to
+/// go to the database with the end's events.
+struct StoredOutputs {
+    log_digest: Option<String>,
+    artifacts: Vec<ArtifactFacts>,
+    inline: Vec<NewBlob>,
+}
+
+/// Stores the handler's log and artifacts: each up to [`store::blob::MAX_INLINE_BLOB_BYTES`] (and while the
+/// attempt's total stays within [`store::blob::MAX_INLINE_BLOB_BYTES_PER_COMMAND`]) goes to the database with the
+/// events of the attempt's end, in their transaction; larger content goes to the filesystem blob store, on the disk
+/// (one flush of the blob directory for all of it) before this returns. A log or artifacts that could not be
+/// stored are left out, with a warning: the attempt still ends, and no event names content that is not stored.
 async fn store_outputs(
     worker: &Worker,
     task_id: &str,
     dir: &Path,
     log: Vec<u8>,
     in_memory: Vec<(String, Vec<u8>)>,
-) -> (Option<String>, Vec<ArtifactFacts>) {
-    let mut blobs = worker.blobs.batch();
+) -> StoredOutputs {
     let folder = worker.trace_root.join(task_id).join("artifacts");
-    let dir = dir.to_path_buf();
     let scan = worker.config.handler == crate::HandlerKind::Exec;
+    let sink = BlobSink { files: worker.blobs.batch(), inline: Vec::new(), inline_bytes: 0 };
+    // Everything in memory already and small: nothing to read, no file to touch, no blocking thread.
+    let total = log.len() + in_memory.iter().map(|(_, bytes)| bytes.len()).sum::<usize>();
+    let all_small = std::iter::once(log.len())
+        .chain(in_memory.iter().map(|(_, bytes)| bytes.len()))
+        .all(|size| size <= MAX_INLINE_BLOB_BYTES);
+    if !scan && all_small && total <= MAX_INLINE_BLOB_BYTES_PER_COMMAND {
+        return sink.store(log, &folder, dir, false, in_memory);
+    }
+    let dir = dir.to_path_buf();
     let span = tracing::Span::current();
     let stored = tokio::task::spawn_blocking(move || {
         let _attempt = span.enter();
-        let log_digest = match (!log.is_empty()).then(|| blobs.put(&log)).transpose() {
+        sink.store(log, &folder, &dir, scan, in_memory)
+    })
+    .await;
+    stored.unwrap_or_else(|error| {
+        tracing::warn!("the blob writer panicked: {error:#}");
+        StoredOutputs { log_digest: None, artifacts: Vec::new(), inline: Vec::new() }
+    })
+}
+
+/// Where an attempt's blobs go: with its events while they fit, else to the filesystem blob store.
+struct BlobSink {
+    files: BlobBatch,
+    inline: Vec<NewBlob>,
+    inline_bytes: usize,
+}
+
+/// A blob as an event names it.
+struct Stored {
+    digest: String,
+    size_bytes: u64,
+}
+
+impl BlobSink {
+    fn fits(&self, size: u64) -> bool {
+        size <= MAX_INLINE_BLOB_BYTES as u64
+            && self.inline_bytes as u64 + size <= MAX_INLINE_BLOB_BYTES_PER_COMMAND as u64
+    }
+
+    fn put(&mut self, bytes: Vec<u8>) -> std::io::Result<Stored> {
+        if !self.fits(bytes.len() as u64) {
+            let blob = self.files.put(&bytes)?;
+            return Ok(Stored { digest: blob.digest, size_bytes: blob.size_bytes });
+        }
+        let blob = NewBlob::new(bytes);
+        let stored = Stored { digest: blob.digest.clone(), size_bytes: blob.size_bytes() as u64 };
+        if !self.inline.iter().any(|known| known.digest == blob.digest) {
+            self.inline_bytes += blob.size_bytes();
+            self.inline.push(blob);
+        }
+        Ok(stored)
+    }
+
+    fn put_file(&mut self, path: &Path) -> std::io::Result<Stored> {
+        if self.fits(std::fs::metadata(path)?.len()) {
+            return self.put(std::fs::read(path)?);
+        }
+        let blob = self.files.put_file(path)?;
+        Ok(Stored { digest: blob.digest, size_bytes: blob.size_bytes })
+    }
+
+    fn store(
+        mut self,
+        log: Vec<u8>,
+        folder: &Path,
+        dir: &Path,
+        scan: bool,
+        in_memory: Vec<(String, Vec<u8>)>,
+    ) -> StoredOutputs {
+        let log_digest = match (!log.is_empty()).then(|| self.put(log)).transpose() {
             Ok(blob) => blob.map(|blob| blob.digest),
             Err(error) => {
                 tracing::warn!("could not store the handler log: {error:#}");
                 None
             }
         };
-        let artifacts = collect_artifacts(&mut blobs, &folder, &dir, scan, in_memory).unwrap_or_else(|error| {
+        let artifacts = collect_artifacts(&mut self, folder, dir, scan, in_memory).unwrap_or_else(|error| {
             tracing::warn!("could not store the artifacts: {error:#}");
             Vec::new()
         });
-        match blobs.finish() {
-            Ok(()) => (log_digest, artifacts),
+        match self.files.finish() {
+            Ok(()) => StoredOutputs { log_digest, artifacts, inline: self.inline },
             Err(error) => {
                 tracing::warn!("could not flush the blob directory; the log and artifacts are left out: {error:#}");
-                (None, Vec::new())
+                StoredOutputs { log_digest: None, artifacts: Vec::new(), inline: Vec::new() }
             }
         }
-    })
-    .await;
-    stored.unwrap_or_else(|error| {
-        tracing::warn!("the blob writer panicked: {error:#}");
-        (None, Vec::new())
-    })
+    }
 }
 
-/// Stores the artifacts in `blobs` and describes them, sorted by path: the handler's in-memory ones and every
+/// Stores the artifacts in `sink` and describes them, sorted by path: the handler's in-memory ones and every
 /// regular file under `dir` when `scan` (a file wins over an in-memory artifact of the same path).
 fn collect_artifacts(
-    blobs: &mut BlobBatch,
+    sink: &mut BlobSink,
     folder: &Path,
     dir: &Path,
     scan: bool,
@@ -395,8 +470,8 @@ fn collect_artifacts(
             continue;
         }
         let blob = match bytes {
-            Some(bytes) => blobs.put(&bytes),
-            None => blobs.put_file(&dir.join(&relative)),
+            Some(bytes) => sink.put(bytes),
+            None => sink.put_file(&dir.join(&relative)),
         }
         .with_context(|| format!("store artifact {relative}"))?;
         let (media_type, artifact_type) = kind_of(&relative);

@@ -845,3 +845,47 @@ async fn deleting_the_trace_root_and_rebuilding_reproduces_every_file_byte_for_b
         assert!(after[path] == *bytes, "{} differs after the rebuild", path.display());
     }
 }
+
+#[tokio::test]
+async fn a_worker_never_runs_more_handlers_at_once_than_its_concurrency() {
+    let test = TestApp::spawn().await;
+    let config = WorkerConfig { concurrency: 2, ..test_config("concurrency") };
+    let mut task_ids = Vec::new();
+    for _ in 0..6 {
+        task_ids.push(enqueue(&test, &task_with(json!({"stub": {"sleep_ms": 150}})), false).await.0);
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(worker::run(test.app.clone(), config, async move {
+        let _ = stopped.await;
+    }));
+    wait_until(Duration::from_secs(20), || async {
+        test.events().await.iter().filter(|event| event.event_type == events::TASK_COMPLETED).count() == 6
+    })
+    .await;
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+    // Each handler's log spans its run: from its first line to its last (written as the stub returns), on the
+    // worker's clock. At no moment were more than two of those intervals open.
+    let mut edges: Vec<(String, i32)> = Vec::new();
+    for event in test.events().await.iter().filter(|event| event.event_type == events::TASK_COMPLETED) {
+        let digest = event.payload["log_digest"].as_str().expect("a handler log").to_owned();
+        let log: Vec<u8> = sqlx::query_scalar("select content from blobs where digest = $1")
+            .bind(&digest)
+            .fetch_one(&test.pool)
+            .await
+            .unwrap();
+        let log = String::from_utf8(log).unwrap();
+        let stamp = |line: &str| line.trim_start_matches('[').split(']').next().unwrap().to_owned();
+        edges.push((stamp(log.lines().next().unwrap()), 1));
+        edges.push((stamp(log.lines().last().unwrap()), -1));
+    }
+    assert_eq!(edges.len(), 12);
+    // RFC 3339 in UTC with a fixed number of digits sorts as text; an end before a start at the same instant.
+    edges.sort();
+    let (mut open, mut most) = (0, 0);
+    for (_, step) in edges {
+        open += step;
+        most = most.max(open);
+    }
+    assert_eq!(most, 2, "two handlers at a time, never more");
+}

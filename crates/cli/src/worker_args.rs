@@ -14,7 +14,7 @@ pub struct WorkerArgs {
     #[arg(long = "worker-id", env = "JCT_WORKER_ID", value_name = "JCT_WORKER_ID")]
     pub worker_id: Option<String>,
 
-    /// Tasks run at once by this process.
+    /// Handlers run at once by this process (an attempt recording its end has freed its slot).
     #[arg(long = "concurrency", env = "JCT_WORKER_CONCURRENCY", value_name = "JCT_WORKER_CONCURRENCY",
           default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,

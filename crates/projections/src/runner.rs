@@ -76,6 +76,20 @@ pub async fn is_behind(pool: &PgPool, name: &str) -> anyhow::Result<bool> {
     Ok(behind != Some(false))
 }
 
+/// Those of the projections `names` whose checkpoint is behind the log's head or missing, read in one query
+/// without locking any checkpoint row.
+pub async fn behind(pool: &PgPool, names: &[&str]) -> anyhow::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "select n.name from unnest($1::text[]) as n(name) \
+           left join projection_checkpoints c on c.name = n.name \
+          where c.position is null or c.position < coalesce((select max(position) from audit_log), 0)",
+    )
+    .bind(names)
+    .fetch_all(pool)
+    .await
+    .context("which projections are behind")
+}
+
 /// Applies one batch: locks the checkpoint row (so one applier at a time, across processes), applies the events
 /// after it, moves it to the last event actually read, and commits. Reads only the events of the projection's
 /// [`Projection::entity_kinds`], without images unless it [`Projection::folds_images`]; the checkpoint then moves
@@ -206,9 +220,18 @@ pub async fn run(
     let mut wakeup = Wakeup::new(pool.clone(), poll_interval).await;
     let settle = projections.iter().map(|projection| projection.settle()).max().unwrap_or_default();
     tokio::pin!(shutdown);
+    let names: Vec<&str> = projections.iter().map(|projection| projection.name()).collect();
     loop {
         wakeup.drain().await;
-        for projection in &projections {
+        // One query for all of them: the models appends apply inline are usually current.
+        let behind = match behind(&pool, &names).await {
+            Ok(behind) => behind,
+            Err(error) => {
+                tracing::error!("failed to read the checkpoints: {error:#}");
+                names.iter().map(|name| (*name).to_owned()).collect()
+            }
+        };
+        for projection in projections.iter().filter(|projection| behind.iter().any(|name| name == projection.name())) {
             if let Err(error) = catch_up(&pool, projection.as_ref(), &upcasters).await {
                 tracing::error!(projection = projection.name(), "failed to catch up: {error:#}");
             }

@@ -12,7 +12,10 @@
 //! To keep the work per task small, `apply` renders a folder only at the stream's latest event: when a later
 //! event of the same task is already in the log, the runner will apply that one too (positions are gapless and
 //! applied in order), so rendering now would be overwritten anyway. Events before the first `TaskClaimed`
-//! render nothing: a task cancelled while queued never executed and has no folder.
+//! render nothing: a task cancelled while queued never executed and has no folder. An attempt's claim renders
+//! its folder only when it is over a second old; a younger one leaves it to the attempt's next event, its end or
+//! its first heartbeat (`JCT_WORKER_HEARTBEAT_INTERVAL`), so a short attempt's folder is written once. Which
+//! event renders a folder never changes its bytes: they are a function of the whole stream.
 //!
 //! **Determinism**: every byte comes from the events (including their recorded timestamps, positions and
 //! hashes) and from blobs addressed by SHA-256, never from the clock or the filesystem's state. Deleting the
@@ -27,7 +30,7 @@
 //! must keep it (or the blob root must live elsewhere). A missing blob renders as a one-line notice rather than
 //! failing the projection.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::path::{Component, Path, PathBuf};
@@ -331,6 +334,12 @@ impl Projection for TraceProjection {
 /// How long the background runner waits after a notification before rendering ([`Projection::settle`]).
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// How long after its claim a running attempt's folder waits for the attempt's next event (its end, or a
+/// heartbeat) to render it, instead of being rendered for the claim and again a few milliseconds later for the
+/// end: most attempts are short, and a folder rendered twice rewrites three files. An attempt claimed earlier is
+/// rendered at once (a catch-up or rebuild of an older log).
+const CLAIM_RENDER_DELAY: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+
 /// How many folders a batch writes at once.
 const PARALLEL_WRITERS: usize = 4;
 
@@ -408,20 +417,38 @@ fn may_render(event: &RecordedEvent) -> bool {
 }
 
 /// `stream` (the task's whole stream, read after `event` was appended) if it is to be rendered now: `None` when
-/// a later event will render it, or for a task that never ran.
+/// a later event will render it, for a task that never ran, and for an attempt claimed less than
+/// [`CLAIM_RENDER_DELAY`] ago whose claim is still the stream's last event.
 fn to_render(event: &RecordedEvent, stream: Vec<RecordedEvent>) -> Option<Vec<RecordedEvent>> {
-    if stream.last().is_some_and(|last| last.stream_version > event.stream_version) {
+    let last = stream.last()?;
+    if last.stream_version > event.stream_version {
         return None;
     }
     if !stream.iter().any(|event| event.event_type == events::TASK_CLAIMED) {
         return None;
     }
+    if matches!(last.event_type.as_str(), events::TASK_CLAIMED | events::RUN_STARTED)
+        && chrono::Utc::now() - last.ts < CLAIM_RENDER_DELAY
+    {
+        return None;
+    }
     Some(stream)
 }
 
-/// Renders a task's folder and writes the files that changed, each atomically.
+/// Renders a task's folder and writes it atomically: a folder that does not exist yet is written whole in a
+/// temporary directory beside it and renamed into place (one rename, and readers see all of it or nothing); in
+/// an existing folder each file that changed is replaced through a temporary file and a rename.
 fn write_folder(folder: &Path, stream: &[RecordedEvent], blobs: &Blobs) -> anyhow::Result<()> {
-    for (relative, bytes) in render(stream, &|digest| blobs.get(digest)) {
+    let files = render(stream, &|digest| blobs.get(digest));
+    if !folder.exists() {
+        match write_new_folder(folder, &files) {
+            Ok(()) => return Ok(()),
+            // Another renderer made it meanwhile: update it file by file.
+            Err(error) if folder.exists() => tracing::debug!("{}: {error}", folder.display()),
+            Err(error) => return Err(error).with_context(|| format!("write {}", folder.display())),
+        }
+    }
+    for (relative, bytes) in files {
         let path = folder.join(&relative);
         // Unchanged files stay as they are (input.json and artifacts never change once written).
         let unchanged = std::fs::metadata(&path).is_ok_and(|meta| meta.len() == bytes.len() as u64)
@@ -431,6 +458,34 @@ fn write_folder(folder: &Path, stream: &[RecordedEvent], blobs: &Blobs) -> anyho
         }
     }
     Ok(())
+}
+
+/// Writes `files` into a new temporary directory beside `folder`, then renames it to `folder` (which must not
+/// exist, or be empty). The temporary directory is removed on failure.
+fn write_new_folder(folder: &Path, files: &[(PathBuf, Vec<u8>)]) -> std::io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let parent = folder.parent().ok_or_else(|| std::io::Error::other("a folder without a parent"))?;
+    let name = folder.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = parent.join(format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let written = (|| {
+        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir(&temp)?;
+        let mut made: HashSet<PathBuf> = HashSet::from([temp.clone()]);
+        for (relative, bytes) in files {
+            let path = temp.join(relative);
+            let dir = path.parent().expect("a file in the folder");
+            if !made.contains(dir) {
+                std::fs::create_dir_all(dir)?;
+                made.insert(dir.to_path_buf());
+            }
+            std::fs::write(&path, bytes)?;
+        }
+        std::fs::rename(&temp, folder)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    written
 }
 
 /// Registers the projection's checkpoint (it has no tables). A checkpoint of another version starts over from
@@ -837,5 +892,54 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(names.iter().all(|name| !name.starts_with('.')), "{names:?}");
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn task_event(version: i32, event_type: &str, ts: chrono::DateTime<chrono::Utc>) -> RecordedEvent {
+        RecordedEvent {
+            position: i64::from(version),
+            event_id: ulid::Ulid::new().to_string(),
+            ts,
+            stream: StreamId::new(EntityKind::Task, "01JCT0000000000000000TASK1"),
+            stream_version: version,
+            event_type: event_type.to_owned(),
+            schema_version: 1,
+            payload: json!({}),
+            action: domain::event::Action::Updated,
+            actor_kind: domain::event::ActorKind::System,
+            actor_id: "test".into(),
+            before: None,
+            after: None,
+            note: None,
+            trace_id: None,
+            correlation_id: None,
+            causation_id: None,
+            idempotency_key: None,
+            unique_keys: Vec::new(),
+            prev_hash: Vec::new(),
+            hash: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_young_claim_leaves_its_folder_to_the_attempts_next_event_and_an_old_one_renders_it() {
+        let now = chrono::Utc::now();
+        let stream = |claimed_at| {
+            vec![
+                task_event(1, events::TASK_CREATED, claimed_at),
+                task_event(2, events::TASK_ENQUEUED, claimed_at),
+                task_event(3, events::TASK_CLAIMED, claimed_at),
+                task_event(4, events::RUN_STARTED, claimed_at),
+            ]
+        };
+        let young = stream(now);
+        assert!(to_render(&young[3], young.clone()).is_none(), "claimed just now: wait for the next event");
+        let mut ended = young.clone();
+        ended.push(task_event(5, events::TASK_COMPLETED, now));
+        assert!(to_render(&ended[4], ended.clone()).is_some(), "the end renders it");
+        assert!(to_render(&ended[3], ended.clone()).is_none(), "a later event will");
+        let old = stream(now - chrono::TimeDelta::seconds(2));
+        assert!(to_render(&old[3], old.clone()).is_some(), "claimed two seconds ago: rendered at once");
+        let queued = old[..2].to_vec();
+        assert!(to_render(&queued[1], queued.clone()).is_none(), "never claimed: no folder");
     }
 }

@@ -145,6 +145,8 @@ async fn attempt(worker: &Worker, claimed: &ClaimedTask, scratch: &Path, release
         ),
         Ok(()) => supervise(worker, claimed, &mut state, &context, &kill, &release).await,
     };
+    // The handler is done: the worker may claim this slot's next task now, in the batch that records this end.
+    let _finishing = worker.handler_done();
 
     if let Some(Stop::Fenced(refusal)) = &stop {
         return fenced(&task_id, attempt, &state, refusal);

@@ -20,7 +20,7 @@ mod handler;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,7 +88,8 @@ pub struct WorkerConfig {
     /// This worker's id in events (`assigned_to`, `worker_id`). Default: `worker-` and 8 random hex digits.
     /// Must be unique among running workers.
     pub worker_id: String,
-    /// Tasks run at once. Default 4.
+    /// Handlers run at once. Default 4. An attempt whose handler has returned frees its slot while it records its
+    /// end, so the next claim can share that end's batch.
     pub concurrency: usize,
     /// How long a claim holds a task without a heartbeat; a dead worker's task is claimable again after it.
     /// Default 30 s.
@@ -230,6 +231,30 @@ pub(crate) struct Worker {
     pub(crate) scratch_root: PathBuf,
     pub(crate) executor: ExecutorInfo,
     pub(crate) clock: Clock,
+    /// Attempts whose handler has returned and which are only recording their end: their slots are as good as
+    /// free, so [`run`] claims for them at once and the claims share a batch with those ends.
+    pub(crate) finishing: AtomicUsize,
+    /// Wakes [`run`] when an attempt starts finishing.
+    pub(crate) slot_freeing: tokio::sync::Notify,
+}
+
+impl Worker {
+    /// Called by an attempt when its handler has returned, before it records the end: its slot counts as free
+    /// until the returned guard is dropped, at the attempt's end.
+    pub(crate) fn handler_done(&self) -> Finishing<'_> {
+        self.finishing.fetch_add(1, Ordering::Relaxed);
+        self.slot_freeing.notify_one();
+        Finishing(self)
+    }
+}
+
+/// An attempt recording its end ([`Worker::handler_done`]).
+pub(crate) struct Finishing<'w>(&'w Worker);
+
+impl Drop for Finishing<'_> {
+    fn drop(&mut self) {
+        self.0.finishing.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Worker {
@@ -251,6 +276,8 @@ impl Worker {
             scratch_root,
             executor,
             clock: Clock::default(),
+            finishing: AtomicUsize::new(0),
+            slot_freeing: tokio::sync::Notify::new(),
         })
     }
 
@@ -352,9 +379,11 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
                 tracing::warn!("failed to catch the task queue up: {error:#}");
             }
         }
-        // Fill the free slots; a full batch means more may be due.
-        while running.len() < config.concurrency {
-            let wanted = config.concurrency - running.len();
+        // Fill the free slots (an attempt only recording its end frees its slot); a full batch means more may be
+        // due.
+        let busy = |running: &JoinSet<Outcome>| running.len().saturating_sub(worker.finishing.load(Ordering::Relaxed));
+        while busy(&running) < config.concurrency {
+            let wanted = config.concurrency - busy(&running);
             match worker.claim(wanted).await {
                 Ok(batch) => {
                     let claimed = batch.claimed.len();
@@ -375,6 +404,7 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
         }
         tokio::select! {
             () = &mut shutdown => break,
+            () = worker.slot_freeing.notified() => {}
             Some(joined) = running.join_next(), if !running.is_empty() => {
                 log_outcome(joined);
                 // Every slot freed meanwhile, so the next claim takes them together.

@@ -127,15 +127,27 @@ impl Projection for QueueProjection {
                 (None, _) => {}
             }
         }
-        if !leaving.is_empty() {
-            sqlx::query(include_str!("../../../projections/task_queue/delete_rows.sql"))
-                .bind(&leaving)
-                .execute(&mut *conn)
-                .await
-                .context("remove finished tasks from the queue")?;
+        if leaving.is_empty() && upserts.task_id.is_empty() && updates.task_id.is_empty() {
+            return Ok(());
         }
-        upserts.write(conn, include_str!("../../../projections/task_queue/upsert_rows.sql")).await?;
-        updates.write(conn, include_str!("../../../projections/task_queue/update_rows.sql")).await?;
+        // One round trip for the three kinds of change.
+        sqlx::query(include_str!("../../../projections/task_queue/write_rows.sql"))
+            .bind(&leaving)
+            .bind(&upserts.task_id)
+            .bind(&upserts.state)
+            .bind(&upserts.due_at)
+            .bind(&upserts.attempt)
+            .bind(&upserts.worker_id)
+            .bind(&upserts.version)
+            .bind(&updates.task_id)
+            .bind(&updates.state)
+            .bind(&updates.due_at)
+            .bind(&updates.attempt)
+            .bind(&updates.worker_id)
+            .bind(&updates.version)
+            .execute(&mut *conn)
+            .await
+            .context("write queue rows")?;
         Ok(())
     }
 }
@@ -203,7 +215,7 @@ fn effect(event: &RecordedEvent) -> anyhow::Result<Effect> {
     })
 }
 
-/// Column arrays of rows to write with one statement.
+/// Column arrays of rows to write with one statement (`write_rows.sql`).
 #[derive(Default)]
 struct Rows {
     task_id: Vec<String>,
@@ -222,23 +234,6 @@ impl Rows {
         self.attempt.push(row.attempt);
         self.worker_id.push(row.worker_id.clone());
         self.version.push(version);
-    }
-
-    async fn write(self, conn: &mut PgConnection, statement: &'static str) -> anyhow::Result<()> {
-        if self.task_id.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(statement)
-            .bind(&self.task_id)
-            .bind(&self.state)
-            .bind(&self.due_at)
-            .bind(&self.attempt)
-            .bind(&self.worker_id)
-            .bind(&self.version)
-            .execute(conn)
-            .await
-            .context("write queue rows")?;
-        Ok(())
     }
 }
 

@@ -173,9 +173,10 @@ async fn run_batches(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>, mut
         let batch: Vec<Pending> = std::mem::take(&mut waiting);
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|pending| (pending.command, pending.reply)).unzip();
-        let results = match append_in_own_transaction(&pool, inline.as_deref(), commands.clone()).await {
+        // No copy is kept for a retry: a failed batch gives its commands back.
+        let results = match append_in_own_transaction(&pool, inline.as_deref(), commands).await {
             Ok(results) => results,
-            Err(error) => {
+            Err(Failed { error, commands }) => {
                 tracing::warn!("failed to append a batch of {}, retrying: {error:#}", commands.len());
                 append_after_a_failure(&pool, commands).await
             }
@@ -187,13 +188,20 @@ async fn run_batches(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>, mut
     }
 }
 
+/// A batch whose transaction failed, nothing of it committed, with its commands as they were given (rebuilt from
+/// what the attempt made of them), to append again.
+struct Failed {
+    error: anyhow::Error,
+    commands: Vec<NewCommand>,
+}
+
 /// A batch whose transaction failed (the inline read models, or one command: a database check, say); nothing of
 /// it committed. Retried without the inline read models (their projectors catch up), then command by command, so
 /// that the others still land and only a culprit fails.
 async fn append_after_a_failure(pool: &PgPool, commands: Vec<NewCommand>) -> Vec<Result<Appended, AppendError>> {
-    let error = match append_in_own_transaction(pool, None, commands.clone()).await {
+    let Failed { error, commands } = match append_in_own_transaction(pool, None, commands).await {
         Ok(results) => return results,
-        Err(error) => error,
+        Err(failed) => failed,
     };
     if commands.len() == 1 {
         return vec![Err(AppendError::Internal(error))];
@@ -203,7 +211,7 @@ async fn append_after_a_failure(pool: &PgPool, commands: Vec<NewCommand>) -> Vec
     for command in commands {
         results.push(match append_in_own_transaction(pool, None, vec![command]).await {
             Ok(mut one) => one.pop().expect("one result per command"),
-            Err(error) => Err(AppendError::Internal(error)),
+            Err(failed) => Err(AppendError::Internal(failed.error)),
         });
     }
     results
@@ -216,41 +224,121 @@ async fn append_in_own_transaction(
     pool: &PgPool,
     inline: Option<&dyn InlineProjector>,
     commands: Vec<NewCommand>,
-) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
-    let mut tx = pool.begin().await.context("begin append transaction")?;
-    let mut results = append_validated(&mut tx, commands).await?;
+) -> Result<Vec<Result<Appended, AppendError>>, Failed> {
+    let mut tx = match pool.begin().await.context("begin append transaction") {
+        Ok(tx) => tx,
+        Err(error) => return Err(Failed { error, commands }),
+    };
+    let mut slots = append_slots(&mut tx, commands).await?;
     if let Some(inline) = inline {
-        let (events, counts) = take_events(&mut results);
+        let (events, counts) = take_events(&mut slots);
         if !events.is_empty() {
-            let all_applied = inline.apply_appended(&mut tx, &events).await?;
-            give_back_events(&mut results, events, &counts, all_applied);
+            let applied = inline.apply_appended(&mut tx, &events).await;
+            give_back_events(&mut slots, events, &counts, applied.as_ref().is_ok_and(|all| *all));
+            if let Err(error) = applied {
+                return Err(Failed { error, commands: slots.into_iter().map(Slot::into_command).collect() });
+            }
         }
     }
-    tx.commit().await.context("commit append transaction")?;
-    Ok(results)
+    if let Err(error) = tx.commit().await.context("commit append transaction") {
+        return Err(Failed { error, commands: slots.into_iter().map(Slot::into_command).collect() });
+    }
+    Ok(slots.into_iter().map(Slot::into_result).collect())
+}
+
+/// One command of a batch being appended: its stored events, or why it was refused; either way what it takes to
+/// append it again should the batch's transaction fail.
+enum Slot {
+    Appended {
+        appended: Appended,
+        /// What the stored events do not hold of the command.
+        expected: Vec<(StreamId, ExpectedVersion)>,
+        blobs: Vec<NewBlob>,
+    },
+    Refused {
+        error: AppendError,
+        /// A refusal may rest on an earlier command of the batch (a unique key it claimed), so a batch appended
+        /// again checks it again.
+        command: NewCommand,
+    },
+}
+
+impl Slot {
+    fn into_result(self) -> Result<Appended, AppendError> {
+        match self {
+            Slot::Appended { appended, .. } => Ok(appended),
+            Slot::Refused { error, .. } => Err(error),
+        }
+    }
+
+    /// The command as it was given: its events from the records (positions, versions and hashes are assigned
+    /// afresh; the idempotency key's claim, added to the first event, is taken off again).
+    fn into_command(self) -> NewCommand {
+        let (appended, expected, blobs) = match self {
+            Slot::Refused { command, .. } => return command,
+            Slot::Appended { appended, expected, blobs } => (appended, expected, blobs),
+        };
+        let first = appended.events.first();
+        let (trace_id, correlation_id, causation_id, idempotency_key) = match first {
+            Some(first) => (
+                first.trace_id.clone(),
+                first.correlation_id.clone(),
+                first.causation_id.clone(),
+                first.idempotency_key.clone(),
+            ),
+            None => (None, None, None, None),
+        };
+        let events = appended
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(index, record)| {
+                let mut unique_keys = record.unique_keys;
+                if index == 0 && idempotency_key.is_some() && !unique_keys.is_empty() {
+                    unique_keys.remove(0);
+                }
+                NewEvent {
+                    data: domain::event::EventData {
+                        stream: record.stream,
+                        event_type: record.event_type,
+                        schema_version: record.schema_version,
+                        payload: record.payload,
+                        action: record.action,
+                        before: record.before,
+                        after: record.after,
+                        note: record.note,
+                    },
+                    actor: domain::event::Actor { kind: record.actor_kind, id: record.actor_id },
+                    unique_keys,
+                }
+            })
+            .collect();
+        NewCommand { events, expected, idempotency_key, trace_id, correlation_id, causation_id, blobs }
+    }
 }
 
 /// The stored events of every successful command as one slice for the inline projector, moved out of the
-/// results (not copied), with how many each command had.
-fn take_events(results: &mut [Result<Appended, AppendError>]) -> (Vec<RecordedEvent>, Vec<usize>) {
+/// slots (not copied), with how many each command had.
+fn take_events(slots: &mut [Slot]) -> (Vec<RecordedEvent>, Vec<usize>) {
     let mut counts = Vec::new();
     let mut events: Vec<RecordedEvent> = Vec::new();
-    for appended in results.iter_mut().filter_map(|result| result.as_mut().ok()) {
-        counts.push(appended.events.len());
-        events.append(&mut appended.events);
+    for slot in slots.iter_mut() {
+        if let Slot::Appended { appended, .. } = slot {
+            counts.push(appended.events.len());
+            events.append(&mut appended.events);
+        }
     }
     (events, counts)
 }
 
 /// Puts back what [`take_events`] took, marking whether the inline read models applied them.
-fn give_back_events(
-    results: &mut [Result<Appended, AppendError>],
-    events: Vec<RecordedEvent>,
-    counts: &[usize],
-    read_models_applied: bool,
-) {
+fn give_back_events(slots: &mut [Slot], events: Vec<RecordedEvent>, counts: &[usize], read_models_applied: bool) {
     let mut events = events.into_iter();
-    for (appended, count) in results.iter_mut().filter_map(|result| result.as_mut().ok()).zip(counts) {
+    let appended = slots.iter_mut().filter_map(|slot| match slot {
+        Slot::Appended { appended, .. } => Some(appended),
+        Slot::Refused { .. } => None,
+    });
+    for (appended, count) in appended.zip(counts) {
         appended.events = events.by_ref().take(*count).collect();
         appended.read_models_applied = read_models_applied;
     }
@@ -324,21 +412,56 @@ pub async fn append_batch(
             anyhow::bail!("{error}");
         }
     }
-    append_validated(conn, commands).await
+    match append_slots(conn, commands).await {
+        Ok(slots) => Ok(slots.into_iter().map(Slot::into_result).collect()),
+        Err(failed) => Err(failed.error),
+    }
 }
 
 /// [`append_batch`] for commands [`validate`] has passed (the batching task's, checked in
-/// [`EventStore::append`] before they were queued: walking every payload again would cost as much).
-async fn append_validated(
-    conn: &mut PgConnection,
-    commands: Vec<NewCommand>,
-) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
+/// [`EventStore::append`] before they were queued: walking every payload again would cost as much). A failure
+/// gives the commands back.
+async fn append_slots(conn: &mut PgConnection, commands: Vec<NewCommand>) -> Result<Vec<Slot>, Failed> {
+    let state = match read_under_lock(conn, &commands).await {
+        Ok(state) => state,
+        Err(error) => return Err(Failed { error, commands }),
+    };
+    let (slots, blobs, head_position) = record_batch(commands, state);
+    let mut rows_to_insert = InsertColumns::default();
+    for slot in &slots {
+        if let Slot::Appended { appended, .. } = slot {
+            for record in &appended.events {
+                rows_to_insert.push(record);
+            }
+        }
+    }
+    for (blob, position) in &blobs {
+        rows_to_insert.push_blob(blob, *position);
+    }
+    if !rows_to_insert.position.is_empty() {
+        if let Err(error) = rows_to_insert.insert(conn, head_position).await {
+            return Err(Failed { error, commands: slots.into_iter().map(Slot::into_command).collect() });
+        }
+    }
+    Ok(slots)
+}
+
+/// What a batch is checked against, read under the append lock.
+struct LogState {
+    head_position: i64,
+    head_hash: Vec<u8>,
+    versions: HashMap<(String, String), i32>,
+    claims: HashMap<String, StreamId>,
+}
+
+/// Takes the append lock and reads what the batch's checks need.
+async fn read_under_lock(conn: &mut PgConnection, commands: &[NewCommand]) -> anyhow::Result<LogState> {
     // The lock, then what the checks need, read under it in the same round trip: the head, stream versions and
     // claims as no other appender can move them now (migrations/0004_append_lock_and_read.sql).
     let mut stream_kinds = Vec::new();
     let mut stream_ids = Vec::new();
     let mut claim_keys = Vec::new();
-    for command in &commands {
+    for command in commands {
         for event in &command.events {
             stream_kinds.push(event.data.stream.kind.as_str().to_owned());
             stream_ids.push(event.data.stream.id.clone());
@@ -388,6 +511,14 @@ async fn append_validated(
         }
     }
 
+    Ok(LogState { head_position, head_hash, versions, claims })
+}
+
+/// Checks each command against the log and the batch's earlier commands and makes the records of those that
+/// pass (positions, stream versions, hashes); returns the slots, the blobs to store (each once, with the position
+/// of the first event of the command that carried it) and the batch's last position.
+fn record_batch(commands: Vec<NewCommand>, state: LogState) -> (Vec<Slot>, Vec<(NewBlob, i64)>, i64) {
+    let LogState { mut head_position, mut head_hash, mut versions, mut claims } = state;
     let ts = now_micros();
     let mut results = Vec::with_capacity(commands.len());
     // Each blob once per batch, with the position of the first event of the command that carried it.
@@ -395,11 +526,11 @@ async fn append_validated(
     let mut blob_digests = std::collections::HashSet::new();
     for command in commands {
         match check(&command, &versions, &claims) {
-            Err(rejection) => results.push(Err(rejection)),
+            Err(error) => results.push(Slot::Refused { error, command }),
             Ok(()) => {
-                for blob in command.blobs {
+                for blob in &command.blobs {
                     if blob_digests.insert(blob.digest.clone()) {
-                        blobs.push((blob, head_position + 1));
+                        blobs.push((blob.clone(), head_position + 1));
                     }
                 }
                 let mut recorded = Vec::with_capacity(command.events.len());
@@ -449,22 +580,15 @@ async fn append_validated(
                     head_hash = record.hash.clone();
                     recorded.push(record);
                 }
-                results.push(Ok(Appended { events: recorded, read_models_applied: false }));
+                results.push(Slot::Appended {
+                    appended: Appended { events: recorded, read_models_applied: false },
+                    expected: command.expected,
+                    blobs: command.blobs,
+                });
             }
         }
     }
-
-    let mut rows_to_insert = InsertColumns::default();
-    for record in results.iter().filter_map(|result| result.as_ref().ok()).flat_map(|appended| &appended.events) {
-        rows_to_insert.push(record);
-    }
-    for (blob, position) in &blobs {
-        rows_to_insert.push_blob(blob, *position);
-    }
-    if !rows_to_insert.position.is_empty() {
-        rows_to_insert.insert(conn, head_position).await?;
-    }
-    Ok(results)
+    (results, blobs, head_position)
 }
 
 /// Checks one command against the versions and claims as they stand, including earlier commands of the batch.

@@ -190,6 +190,59 @@ async fn text_with_nul_is_refused_and_does_not_break_the_batch() {
 }
 
 #[tokio::test]
+async fn a_command_the_database_refuses_fails_alone_and_the_rest_of_its_batch_is_stored_as_given() {
+    let pool = fresh_pool(8).await;
+    let store = EventStore::new(pool.clone());
+    // The database refuses one kind of event: a batch holding it fails as a whole, then its commands are appended
+    // again, one by one, from what the failed attempt gives back.
+    sqlx::query("alter table audit_log add constraint refuse_poison check (event_type <> 'Poison') not valid")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut poison = command(1);
+    poison.events[0].data.event_type = "Poison".into();
+    let mut keyed = command(2);
+    keyed.idempotency_key = Some("key-kept".into());
+    keyed.events[1].unique_keys.push("slug:kept".into());
+    keyed.blobs.push(store::NewBlob::new(b"a blob".to_vec()));
+    let mut claiming = command(1);
+    claiming.events[0].unique_keys.push("slug:later".into());
+    // The second claimer of a key is refused in the failed batch because of the first: it is checked again.
+    let mut also_claiming = command(1);
+    also_claiming.events[0].unique_keys.push("slug:later".into());
+    let repeat = keyed.clone();
+    let (poison, keyed, claiming, also_claiming) =
+        tokio::join!(store.append(poison), store.append(keyed), store.append(claiming), store.append(also_claiming));
+    assert!(matches!(poison, Err(AppendError::Internal(_))), "{poison:?}");
+    let keyed_events = keyed.unwrap().events;
+    assert_eq!(keyed_events.len(), 2);
+    assert_eq!(keyed_events[0].unique_keys, ["idempotency:key-kept"]);
+    assert_eq!(keyed_events[1].unique_keys, ["slug:kept"]);
+    assert_eq!(keyed_events[0].idempotency_key.as_deref(), Some("key-kept"));
+    assert_eq!(keyed_events[1].trace_id.as_deref(), Some("trace-test"));
+    assert_eq!(
+        [claiming.is_ok(), also_claiming.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "one of the two claimers holds the key: {claiming:?} {also_claiming:?}"
+    );
+    let stored = read::read_after(&pool, 0, 100).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    assert!(stored.iter().all(|event| event.event_type != "Poison"));
+    assert_eq!(
+        (stored[0].payload.clone(), stored[0].stream_version),
+        (keyed_events[0].payload.clone(), keyed_events[0].stream_version)
+    );
+    let blobs: i64 = sqlx::query_scalar("select count(*) from blobs").fetch_one(&pool).await.unwrap();
+    assert_eq!(blobs, 1);
+    // The key was claimed once, as given.
+    match store.append(repeat).await {
+        Err(AppendError::DuplicateIdempotencyKey { key, .. }) => assert_eq!(key, "key-kept"),
+        other => panic!("a repeat of the key: {other:?}"),
+    }
+    assert!(store::verify::verify_chain(&pool).await.unwrap().ok);
+}
+
+#[tokio::test]
 async fn an_upcaster_lifts_a_stored_v1_event_to_the_v2_shape() {
     let pool = fresh_pool(4).await;
     let store = EventStore::new(pool.clone());

@@ -26,7 +26,7 @@ const TARGET_VERIFY_EVENTS_PER_SECOND: f64 = 200_000.0;
 /// Least time between two progress lines of a rebuild.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// The tables of the event store itself; every other table in `public` belongs to a read model.
-const STORE_TABLES: [&str; 4] = ["audit_log", "unique_claims", "projection_checkpoints", "_sqlx_migrations"];
+const STORE_TABLES: [&str; 5] = ["audit_log", "unique_claims", "projection_checkpoints", "blobs", "_sqlx_migrations"];
 
 fn enqueue_command(seq: u64) -> NewCommand {
     let operation = ["code_change", "docs", "analysis", "ops"][(seq % 4) as usize];

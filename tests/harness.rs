@@ -22,6 +22,13 @@ pub struct TestApp {
     pub database_url: String,
 }
 
+/// Sends the service's warnings and errors (or what `RUST_LOG` asks for) to the test's captured output, so a
+/// failing test shows what the server logged.
+fn capture_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
 /// A pool on a new, migrated database of its own.
 pub async fn fresh_database() -> (PgPool, String) {
     let url = devdb::test_server().await.expect("test server").fresh_database().await.expect("fresh database");
@@ -41,6 +48,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(config: Config, http: api::HttpConfig) -> TestApp {
+        capture_logs();
         let (pool, database_url) = fresh_database().await;
         let app = App::start(pool.clone(), config).await.expect("start app");
         let client = TestClient::new(api::endpoint(app.clone(), http).boxed());

@@ -199,7 +199,23 @@ struct Failed {
 /// it committed. Retried without the inline read models (their projectors catch up), then command by command, so
 /// that the others still land and only a culprit fails.
 async fn append_after_a_failure(pool: &PgPool, commands: Vec<NewCommand>) -> Vec<Result<Appended, AppendError>> {
-    let Failed { error, commands } = match append_in_own_transaction(pool, None, commands).await {
+    let mut attempt = append_in_own_transaction(pool, None, commands).await;
+    // A connection that died in the pool (the server restarted, or ended it) fails the transaction that picks it
+    // up, whatever the commands; each retry takes another connection, until the pool has fresh ones.
+    for delay_ms in CONNECTION_RETRY_DELAYS_MS {
+        attempt = match attempt {
+            Err(Failed { error, commands }) if connection_lost(&error) => {
+                tracing::warn!("the append's connection was lost, retrying: {error:#}");
+                tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                append_in_own_transaction(pool, None, commands).await
+            }
+            settled => {
+                attempt = settled;
+                break;
+            }
+        };
+    }
+    let Failed { error, commands } = match attempt {
         Ok(results) => return results,
         Err(failed) => failed,
     };
@@ -215,6 +231,23 @@ async fn append_after_a_failure(pool: &PgPool, commands: Vec<NewCommand>) -> Vec
         });
     }
     results
+}
+
+/// How long a batch whose connection was lost waits before each further attempt.
+const CONNECTION_RETRY_DELAYS_MS: [u64; 4] = [0, 20, 100, 500];
+
+/// Whether `error` says the database connection was lost (or the server is shutting down or starting), rather
+/// than anything about the commands: then the same batch may succeed on another connection.
+fn connection_lost(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)) => true,
+        // Class 08: connection exception; class 57: operator intervention (admin shutdown, crash shutdown,
+        // cannot connect now).
+        Some(sqlx::Error::Database(database)) => {
+            database.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
+        }
+        _ => false,
+    })
 }
 
 /// One batch in a transaction of its own. The inline read models are applied without a savepoint (two round

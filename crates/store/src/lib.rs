@@ -43,7 +43,8 @@ pub const PING_CONNECTIONS_IDLE_FOR: std::time::Duration = std::time::Duration::
 /// trip more for every query and transaction, 0.3-0.7 ms each on a loaded 2-core machine. Here only a connection
 /// idle for [`PING_CONNECTIONS_IDLE_FOR`] is pinged, and one that fails the ping is replaced. A connection that
 /// dies while in steady use (the database restarted) fails its next query, as an in-flight one would, and the
-/// pool replaces it (the append batcher retries such a batch).
+/// pool replaces it (the append batcher retries a batch whose connection was lost, on a fresh connection each
+/// time, up to four more times).
 pub fn pool_options() -> sqlx::postgres::PgPoolOptions {
     use sqlx::Connection as _;
     sqlx::postgres::PgPoolOptions::new().test_before_acquire(false).before_acquire(|conn, meta| {

@@ -38,8 +38,14 @@ impl Wakeup {
             return;
         }
         match PgListener::connect_with(&self.pool).await {
+            // It never reconnects by itself: a reconnect inside `wait`'s or `drain`'s cancellable receive could be
+            // dropped half done, handing a connection still listening (or mid-statement) back to the pool. A lost
+            // connection drops the listener instead, and the next `wait` connects a new one here, to completion.
             Ok(mut listener) => match listener.listen(&self.channel).await {
-                Ok(()) => self.listener = Some(listener),
+                Ok(()) => {
+                    listener.eager_reconnect(false);
+                    self.listener = Some(listener);
+                }
                 Err(error) => tracing::warn!("failed to listen on {}: {error:#}", self.channel),
             },
             Err(error) => tracing::warn!("failed to connect a listener: {error:#}"),
@@ -58,7 +64,10 @@ impl Wakeup {
                 Ok(Some(_notification)) => {}
                 // The connection was lost; sqlx reconnects on the next call and notifications in between are
                 // gone, so the caller catches up now.
-                Ok(None) => tracing::debug!("listener reconnecting; catching up"),
+                Ok(None) => {
+                    tracing::debug!("listener lost its connection; catching up");
+                    self.listener = None;
+                }
                 Err(error) => {
                     tracing::warn!("listener failed, catching up and reconnecting: {error:#}");
                     self.listener = None;
@@ -71,10 +80,17 @@ impl Wakeup {
 
     /// Drains notifications that are already queued, so a burst of appends causes one catch-up, not many.
     pub async fn drain(&mut self) {
-        if let Some(listener) = self.listener.as_mut() {
-            while let Ok(Some(Some(_))) =
-                tokio::time::timeout(Duration::ZERO, listener.try_recv()).await.map(|received| received.ok())
-            {
+        let Some(listener) = self.listener.as_mut() else { return };
+        loop {
+            match tokio::time::timeout(Duration::ZERO, listener.try_recv()).await {
+                Ok(Ok(Some(_))) => continue,
+                // Nothing more queued.
+                Err(_elapsed) => return,
+                // The connection was lost (or failed): the next `wait` connects a new listener.
+                Ok(Ok(None) | Err(_)) => {
+                    self.listener = None;
+                    return;
+                }
             }
         }
     }

@@ -17,7 +17,8 @@ pub struct DatabaseArgs {
     #[arg(long = "data-dir", env = "JCT_DATA_DIR", value_name = "JCT_DATA_DIR", default_value = "./var")]
     pub data_dir: PathBuf,
 
-    /// Most connections each process opens to PostgreSQL.
+    /// Most connections each process opens to PostgreSQL for reads, workers and projectors; the event store's
+    /// batching task opens two more of its own.
     #[arg(long = "db-pool-size", env = "JCT_DB_POOL_SIZE", value_name = "JCT_DB_POOL_SIZE", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub pool_size: u32,

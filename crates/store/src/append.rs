@@ -28,6 +28,9 @@ pub const APPEND_LOCK_KEY: i64 = 0x004a_4354_5f4c_4f47; // "JCT_LOG" in ASCII
 /// The most commands one batch takes; bounds the transaction's size and the time a caller waits behind others.
 const MAX_COMMANDS_PER_BATCH: usize = 256;
 
+/// The batching task's own connections: one for the batch being appended, one for the next batch's `begin`.
+pub const APPEND_CONNECTIONS: u32 = 2;
+
 /// How many commands may wait for the batching task before `append` callers wait for room.
 const QUEUE_CAPACITY: usize = 4096;
 
@@ -121,7 +124,8 @@ struct Pending {
 }
 
 impl EventStore {
-    /// Starts the batching task on the current tokio runtime. It ends when the last clone is dropped.
+    /// Starts the batching task, on a thread of its own with connections of its own (see [`EventStore::start`]).
+    /// It ends when the last clone is dropped.
     pub fn new(pool: PgPool) -> EventStore {
         EventStore::start(pool, None)
     }
@@ -131,9 +135,32 @@ impl EventStore {
         EventStore::start(pool, Some(inline))
     }
 
+    /// A batch is a serial chain of round trips under the append lock, so every moment between a reply arriving
+    /// and the next statement leaving holds up every appender. On the process's shared runtime that moment
+    /// includes waiting behind whatever else its worker threads are running (HTTP requests, handlers), and the
+    /// reactor may not even look at the socket until they yield. The batching task therefore runs on a
+    /// single-threaded runtime in a thread of its own, on [`APPEND_CONNECTIONS`] connections of its own (opened
+    /// with `pool`'s settings, lazily), whose sockets its own reactor watches: it runs the moment its reply is
+    /// in. Measured on 2 cores (`jct bench enqueue`, interleaved with the task on the shared runtime): 1.03-1.6
+    /// times the enqueues per second (1.3 typical), the p99 about halved.
     fn start(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>) -> EventStore {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run_batches(pool.clone(), inline, receiver));
+        let options = (*pool.connect_options()).clone();
+        std::thread::Builder::new()
+            .name("jct-append".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("the append runtime starts");
+                runtime.block_on(async move {
+                    let connections =
+                        crate::pool_options().max_connections(APPEND_CONNECTIONS).connect_lazy_with(options);
+                    run_batches(connections.clone(), inline, receiver).await;
+                    connections.close().await;
+                });
+            })
+            .expect("the append thread starts");
         let claim_owners = Arc::new(quick_cache::sync::Cache::new(CLAIM_CACHE_CAPACITY));
         EventStore { pool, queue, claim_owners }
     }
@@ -169,12 +196,17 @@ impl EventStore {
 
 async fn run_batches(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>, mut receiver: mpsc::Receiver<Pending>) {
     let mut waiting = Vec::with_capacity(MAX_COMMANDS_PER_BATCH);
+    // A transaction being begun while the previous batch committed, for the commands that were waiting by then.
+    let mut begun: Option<Beginning> = None;
     while receiver.recv_many(&mut waiting, MAX_COMMANDS_PER_BATCH).await > 0 {
         let batch: Vec<Pending> = std::mem::take(&mut waiting);
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|pending| (pending.command, pending.reply)).unzip();
         // No copy is kept for a retry: a failed batch gives its commands back.
-        let results = match append_in_own_transaction(&pool, inline.as_deref(), commands).await {
+        let (attempt, next) =
+            append_overlapping_the_next(&pool, inline.as_deref(), commands, begun.take(), &receiver).await;
+        begun = next;
+        let results = match attempt {
             Ok(results) => results,
             Err(Failed { error, commands }) => {
                 tracing::warn!("failed to append a batch of {}, retrying: {error:#}", commands.len());
@@ -186,6 +218,45 @@ async fn run_batches(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>, mut
             let _ = reply.send(result);
         }
     }
+}
+
+/// A transaction on a connection of the pool.
+type Begun = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// A transaction being begun in a task of its own, so that nothing waits for it but the batch that uses it.
+type Beginning = tokio::task::JoinHandle<sqlx::Result<Begun>>;
+
+/// A batch's first attempt, in the transaction `begun` if it could be begun (else in one of its own). When more
+/// commands are waiting as it commits, the next batch's transaction is begun on another connection meanwhile: one
+/// round trip fewer between two batches (the append lock is free the moment the commit returns, and the next
+/// batch takes it at once). The commit's callers never wait for that begin (the pool may be busy).
+async fn append_overlapping_the_next(
+    pool: &PgPool,
+    inline: Option<&dyn InlineProjector>,
+    commands: Vec<NewCommand>,
+    begun: Option<Beginning>,
+    queue: &mpsc::Receiver<Pending>,
+) -> (Result<Vec<Result<Appended, AppendError>>, Failed>, Option<Beginning>) {
+    let begun = match begun {
+        Some(beginning) => beginning.await.ok().and_then(Result::ok),
+        None => None,
+    };
+    let tx = match begun {
+        Some(tx) => tx,
+        None => match pool.begin().await.context("begin append transaction") {
+            Ok(tx) => tx,
+            Err(error) => return (Err(Failed { error, commands }), None),
+        },
+    };
+    let (tx, slots) = match append_uncommitted(tx, inline, commands).await {
+        Ok(prepared) => prepared,
+        Err(failed) => return (Err(failed), None),
+    };
+    let next = (!queue.is_empty()).then(|| {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.begin().await })
+    });
+    (commit(tx, slots).await, next)
 }
 
 /// A batch whose transaction failed, nothing of it committed, with its commands as they were given (rebuilt from
@@ -250,18 +321,28 @@ fn connection_lost(error: &anyhow::Error) -> bool {
     })
 }
 
-/// One batch in a transaction of its own. The inline read models are applied without a savepoint (two round
-/// trips fewer while the append lock is held): if they fail, the whole transaction fails and the caller retries
-/// the batch without them.
+/// One batch in a transaction of its own.
 async fn append_in_own_transaction(
     pool: &PgPool,
     inline: Option<&dyn InlineProjector>,
     commands: Vec<NewCommand>,
 ) -> Result<Vec<Result<Appended, AppendError>>, Failed> {
-    let mut tx = match pool.begin().await.context("begin append transaction") {
+    let tx = match pool.begin().await.context("begin append transaction") {
         Ok(tx) => tx,
         Err(error) => return Err(Failed { error, commands }),
     };
+    let (tx, slots) = append_uncommitted(tx, inline, commands).await?;
+    commit(tx, slots).await
+}
+
+/// Appends a batch in `tx` and applies the inline read models, without committing. They are applied without a
+/// savepoint (two round trips fewer while the append lock is held): if they fail, the whole transaction fails and
+/// the caller retries the batch without them.
+async fn append_uncommitted(
+    mut tx: Begun,
+    inline: Option<&dyn InlineProjector>,
+    commands: Vec<NewCommand>,
+) -> Result<(Begun, Vec<Slot>), Failed> {
     let mut slots = append_slots(&mut tx, commands).await?;
     if let Some(inline) = inline {
         let (events, counts) = take_events(&mut slots);
@@ -273,6 +354,11 @@ async fn append_in_own_transaction(
             }
         }
     }
+    Ok((tx, slots))
+}
+
+/// Commits what [`append_uncommitted`] did and answers each command.
+async fn commit(tx: Begun, slots: Vec<Slot>) -> Result<Vec<Result<Appended, AppendError>>, Failed> {
     if let Err(error) = tx.commit().await.context("commit append transaction") {
         return Err(Failed { error, commands: slots.into_iter().map(Slot::into_command).collect() });
     }

@@ -100,7 +100,11 @@ impl Projection for TasksProjection {
         if !changed.is_empty() {
             let (ids, changes): (Vec<String>, Vec<Value>) =
                 changed.into_iter().map(|(id, changes)| (id, Value::Object(changes))).unzip();
+            // Planned for every batch, never prepared: a cached plan keeps the join PostgreSQL chose when the
+            // table was nearly empty (a scan of the whole table) until the table's statistics are next updated,
+            // and a fresh database's first minutes of status changes would each scan every task.
             sqlx::query(include_str!("../../../projections/tasks/update_tasks.sql"))
+                .persistent(false)
                 .bind(&ids)
                 .bind(&changes)
                 .execute(&mut *conn)

@@ -28,8 +28,13 @@ admitted as (
     on conflict (task_id) do nothing
     returning task_id, due_at
 ),
+-- The queue's share is its $2 longest due, read in the order of task_queue_due_idx and no further (the clock as
+-- a scalar, so the index is searched with it): a claim does not sort every queued task.
 due as (
-    select q.task_id, q.due_at from task_queue q, clock where q.due_at <= clock.now
+    (select q.task_id, q.due_at from task_queue q
+      where q.due_at <= (select now from clock)
+      order by q.due_at, q.task_id
+      limit $2)
     union all
     select a.task_id, a.due_at from admitted a, clock where a.due_at <= clock.now
 ),

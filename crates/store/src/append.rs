@@ -29,7 +29,7 @@ pub const APPEND_LOCK_KEY: i64 = 0x004a_4354_5f4c_4f47; // "JCT_LOG" in ASCII
 const MAX_COMMANDS_PER_BATCH: usize = 256;
 
 /// The batching task's own connections: one for the batch being appended, one for the next batch's `begin`.
-pub const APPEND_CONNECTIONS: u32 = 2;
+const APPEND_CONNECTIONS: u32 = 2;
 
 /// How many commands may wait for the batching task before `append` callers wait for room.
 const QUEUE_CAPACITY: usize = 4096;
@@ -111,6 +111,8 @@ pub trait InlineProjector: Send + Sync + 'static {
 /// The append side of the event store. Cheap to clone; all clones share one batching task.
 #[derive(Clone)]
 pub struct EventStore {
+    /// The pool reads go through (claim owners, callers' own queries); appends use the batching task's own
+    /// connections, opened with its settings.
     pool: PgPool,
     queue: mpsc::Sender<Pending>,
     /// Owners of unique keys already read. A claim never changes owner: `unique_claims` only grows, and it is
@@ -178,6 +180,7 @@ impl EventStore {
         Ok(owner)
     }
 
+    /// The pool the store was made with, for reads; appends do not use it.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -40,6 +40,8 @@ async fn an_append_commits_every_read_model_with_its_events() {
     // Straight through the store: no read-your-writes wait and no projector runs in this test.
     let appended = test.app.store().append(enqueue_command(&task_id)).await.unwrap();
     assert!(appended.read_models_applied, "the caller is told it need not wait");
+    let stats = test.app.store().stats();
+    assert_eq!((stats.pipelined_batches, stats.stepwise_batches), (1, 0), "appended in the pipeline: {stats:?}");
     let head = head(&test.pool).await;
     assert_eq!(appended.last_position(), head);
     for (name, position) in checkpoints(&test.pool).await {
@@ -143,17 +145,31 @@ async fn a_read_model_a_little_behind_is_caught_up_by_the_next_append_and_one_fa
         .await
         .unwrap();
     let skipped = ulid::Ulid::new().to_string();
+    let before = test.app.store().stats();
     let appended = test.app.store().append(enqueue_command(&skipped)).await.unwrap();
     assert!(!appended.read_models_applied);
+    // The pipeline's first statement refused (the tasks checkpoint was busy), nothing of it committed, and the
+    // batch was appended step by step instead, applying the models that were free.
+    let after = test.app.store().stats();
+    assert_eq!(after.pipelined_batches, before.pipelined_batches, "{after:?}");
+    assert_eq!(after.stepwise_batches, before.stepwise_batches + 1, "{after:?}");
+    assert_eq!(head(&test.pool).await, appended.last_position(), "the batch committed once");
     projector.rollback().await.unwrap();
     assert_eq!(tasks_checkpoint(test.pool.clone()).await, 0);
 
-    // The next append folds the positions the model missed, then its own.
+    // The next append folds the positions the model missed, then its own (step by step: only that path catches a
+    // model up), and the one after it goes through the pipeline again.
     let next = ulid::Ulid::new().to_string();
     let appended = test.app.store().append(enqueue_command(&next)).await.unwrap();
     assert!(appended.read_models_applied, "every model applied inline again");
     assert_eq!(tasks_checkpoint(test.pool.clone()).await, appended.last_position());
-    for task_id in [&skipped, &next] {
+    assert_eq!(test.app.store().stats().stepwise_batches, before.stepwise_batches + 2);
+    let third = ulid::Ulid::new().to_string();
+    let appended = test.app.store().append(enqueue_command(&third)).await.unwrap();
+    assert!(appended.read_models_applied);
+    assert_eq!(test.app.store().stats().pipelined_batches, before.pipelined_batches + 1);
+    assert_eq!(tasks_checkpoint(test.pool.clone()).await, appended.last_position());
+    for task_id in [&skipped, &next, &third] {
         let task = projections::tasks::get_task(&test.pool, task_id).await.unwrap().expect("the task row");
         assert_eq!(task["status"], "queued");
     }

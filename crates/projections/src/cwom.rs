@@ -26,6 +26,7 @@ use chrono::{DateTime, Utc};
 use domain::event::{Action, EntityKind};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
+use store::sql::{Param, Statement};
 use store::RecordedEvent;
 
 use crate::rebuild::InMemoryFold;
@@ -165,35 +166,46 @@ impl Projection for CwomProjection {
 
     /// Set-based: the whole batch in one statement (`apply_batch.sql`, whose header argues why the rows equal
     /// applying the events one by one with [`CwomProjection::apply`]), however long the batch.
-    async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    fn batch_statements<'e>(&self, events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
         let mut batch = Batch::default();
         for event in events {
             if let Some(op) = op_of(event) {
                 batch.push(event, op);
             }
         }
-        let (Some(first), Some(last)) = (batch.positions.first(), batch.positions.last()) else {
-            return Ok(());
-        };
-        let what = format!("apply the CWOM events at positions {first}..={last} as one batch");
+        if batch.positions.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
         batch.mark_last_steps();
-        sqlx::query(include_str!("../../../projections/cwom/apply_batch.sql"))
-            .persistent(batch.keys.len() <= PREPARED_BATCH_LIMIT)
-            .bind(&batch.keys)
-            .bind(&batch.steps)
-            .bind(&batch.lasts)
-            .bind(&batch.kinds)
-            .bind(&batch.ids)
-            .bind(&batch.ops)
-            .bind(&batch.values)
-            .bind(&batch.positions)
-            .bind(&batch.ts)
-            .bind(&batch.linked_kinds)
-            .bind(&batch.linked_ids)
-            .execute(conn)
+        let sql = include_str!("../../../projections/cwom/apply_batch.sql");
+        let what = "apply a batch of CWOM events";
+        let prepared = batch.keys.len() <= PREPARED_BATCH_LIMIT;
+        let params = vec![
+            Param::Int4s(batch.keys),
+            Param::Int4s(batch.steps),
+            Param::Bools(batch.lasts),
+            Param::Texts(batch.kinds),
+            Param::Texts(batch.ids),
+            Param::Texts(batch.ops),
+            Param::OptionalJsonbs(batch.values),
+            Param::Int8s(batch.positions),
+            Param::OptionalTimestamps(batch.ts),
+            Param::OptionalTexts(batch.linked_kinds),
+            Param::OptionalTexts(batch.linked_ids),
+        ];
+        Ok(Some(vec![if prepared {
+            Statement::prepared(what, sql, params)
+        } else {
+            Statement::planned_each_time(what, sql, params)
+        }]))
+    }
+
+    async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let position = |event: Option<&RecordedEvent>| event.map_or(0, |event| event.position);
+        let (first, last) = (position(events.first()), position(events.last()));
+        crate::execute_all(conn, self.batch_statements(events)?)
             .await
-            .context(what)?;
-        Ok(())
+            .with_context(|| format!("apply the CWOM events at positions {first}..={last} as one batch"))
     }
 }
 

@@ -1,6 +1,9 @@
 //! Read models applied inside the append transaction, so a command's effect commits with its events.
 //!
-//! The store calls [`InlineProjections`] after inserting a batch and before committing (SPEC §2.2). For each read
+//! Usually the store sends [`store::InlineProjector::pipelined_statements`] behind its insert (ADR 0008): every read
+//! model's [`Projection::batch_statements`], behind `move_inline_checkpoints`, which fails the transaction unless
+//! every read model sits exactly at the position before the batch. When that fails, the store appends the batch
+//! step by step and calls [`store::InlineProjector::apply_appended`] after inserting it (SPEC §2.2). For each read
 //! model whose checkpoint sits at the position before the batch, or a little behind it (at most
 //! [`MAX_INLINE_GAP`] positions: the positions it missed are read and folded first), the batch is folded with the
 //! same `apply_batch` the projector uses and the checkpoint moves with it, so the read model and the log commit
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use sqlx::{PgConnection, Row};
+use store::sql::{Param, Statement};
 use store::{RecordedEvent, Upcasters};
 
 use crate::Projection;
@@ -40,6 +44,33 @@ impl InlineProjections {
 
 #[async_trait]
 impl store::InlineProjector for InlineProjections {
+    /// `move_inline_checkpoints` (migrations/0007), then each read model's [`Projection::batch_statements`].
+    /// `None` when an upcaster would change one of the events (new events are written at their current schema
+    /// versions, so only an event appended at an older one) or a read model has no such statements.
+    fn pipelined_statements<'e>(&self, events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(Some(Vec::new())) };
+        if events.iter().any(|event| self.upcasters.lifts(event)) {
+            return Ok(None);
+        }
+        let mut statements = vec![Statement::prepared(
+            "move the inline read models' checkpoints",
+            "select move_inline_checkpoints($1, $2, $3, $4)",
+            vec![
+                Param::Texts(self.projections.iter().map(|projection| projection.name()).collect()),
+                Param::Int4s(self.projections.iter().map(|projection| projection.version()).collect()),
+                Param::Int8(first.position - 1),
+                Param::Int8(last.position),
+            ],
+        )];
+        for projection in &self.projections {
+            match projection.batch_statements(events)? {
+                Some(own) => statements.extend(own),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(statements))
+    }
+
     async fn apply_appended(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<bool> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(true) };
         let names: Vec<&str> = self.projections.iter().map(|projection| projection.name()).collect();

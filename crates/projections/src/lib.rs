@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use domain::event::EntityKind;
 use sqlx::PgConnection;
+use store::sql::Statement;
 use store::RecordedEvent;
 
 /// A read model folded from the log.
@@ -49,6 +50,14 @@ pub trait Projection: Send + Sync + 'static {
             })?;
         }
         Ok(())
+    }
+
+    /// The statements that apply a batch as [`Projection::apply_batch`] does, when it applies batches that way:
+    /// computed from the events alone (nothing read first), for the same batches `apply_batch` takes. Inline
+    /// appends send them in the append's pipeline ([`store::InlineProjector::pipelined_statements`]); a projection
+    /// whose `apply_batch` needs more (the default: `None`) is applied inline a statement at a time.
+    fn batch_statements<'e>(&self, _events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
+        Ok(None)
     }
 
     /// The kinds of stream whose events change this read model; `None` (the default) for any. Readers that know
@@ -86,4 +95,12 @@ pub trait Projection: Send + Sync + 'static {
     fn settle(&self) -> std::time::Duration {
         std::time::Duration::ZERO
     }
+}
+
+/// Runs a projection's [`Projection::batch_statements`] on `conn`, one after the other: its `apply_batch`.
+pub(crate) async fn execute_all(conn: &mut PgConnection, statements: Option<Vec<Statement<'_>>>) -> anyhow::Result<()> {
+    for statement in statements.into_iter().flatten() {
+        statement.execute(&mut *conn).await?;
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ use domain::task::lifecycle::events;
 use domain::task::run::{TaskClaimed, TaskLeaseRenewed, TaskReleased, TaskRetryScheduled};
 use serde::Deserialize as _;
 use sqlx::{PgConnection, Row as _};
+use store::sql::{Param, Statement};
 use store::RecordedEvent;
 
 use crate::Projection;
@@ -88,7 +89,7 @@ impl Projection for QueueProjection {
     }
 
     /// Set-based: each task's rows after the batch, written with at most three statements.
-    async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    fn batch_statements<'e>(&self, events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
         #[derive(Default)]
         struct Pending {
             enqueued: bool,
@@ -128,27 +129,21 @@ impl Projection for QueueProjection {
             }
         }
         if leaving.is_empty() && upserts.task_id.is_empty() && updates.task_id.is_empty() {
-            return Ok(());
+            return Ok(Some(Vec::new()));
         }
-        // One round trip for the three kinds of change.
-        sqlx::query(include_str!("../../../projections/task_queue/write_rows.sql"))
-            .bind(&leaving)
-            .bind(&upserts.task_id)
-            .bind(&upserts.state)
-            .bind(&upserts.due_at)
-            .bind(&upserts.attempt)
-            .bind(&upserts.worker_id)
-            .bind(&upserts.version)
-            .bind(&updates.task_id)
-            .bind(&updates.state)
-            .bind(&updates.due_at)
-            .bind(&updates.attempt)
-            .bind(&updates.worker_id)
-            .bind(&updates.version)
-            .execute(&mut *conn)
-            .await
-            .context("write queue rows")?;
-        Ok(())
+        // One statement for the three kinds of change.
+        let mut params = vec![Param::OwnedTexts(leaving)];
+        params.extend(upserts.into_params());
+        params.extend(updates.into_params());
+        Ok(Some(vec![Statement::prepared(
+            "write queue rows",
+            include_str!("../../../projections/task_queue/write_rows.sql"),
+            params,
+        )]))
+    }
+
+    async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        crate::execute_all(conn, self.batch_statements(events)?).await
     }
 }
 
@@ -227,6 +222,18 @@ struct Rows {
 }
 
 impl Rows {
+    /// The six arrays of `write_rows.sql`: task ids, states, due times, attempts, worker ids, versions.
+    fn into_params(self) -> [Param<'static>; 6] {
+        [
+            Param::OwnedTexts(self.task_id),
+            Param::Texts(self.state),
+            Param::Timestamps(self.due_at),
+            Param::Int4s(self.attempt),
+            Param::OptionalOwnedTexts(self.worker_id),
+            Param::Int4s(self.version),
+        ]
+    }
+
     fn push(&mut self, task_id: &str, row: &Row, version: i32) {
         self.task_id.push(task_id.to_owned());
         self.state.push(row.state);

@@ -10,6 +10,7 @@ use domain::task::run;
 use serde::Deserialize as _;
 use serde_json::{json, Map, Value};
 use sqlx::{PgConnection, PgExecutor};
+use store::sql::{Param, Statement};
 use store::RecordedEvent;
 
 use crate::Projection;
@@ -49,7 +50,7 @@ impl Projection for TasksProjection {
 
     /// Set-based: the batch's new tasks inserted with their later changes already merged in, and the other
     /// tasks' changes merged per task, in two statements. Same rows as applying the events one by one.
-    async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    fn batch_statements<'e>(&self, events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
         let mut created: Vec<(String, Value, i64)> = Vec::new();
         let mut created_index: HashMap<&str, usize> = HashMap::new();
         let mut changed: Vec<(String, Map<String, Value>)> = Vec::new();
@@ -81,6 +82,7 @@ impl Projection for TasksProjection {
                 target.extend(changes);
             }
         }
+        let mut statements = Vec::new();
         if !created.is_empty() {
             let (ids, documents, positions): (Vec<String>, Vec<Value>, Vec<i64>) =
                 created.into_iter().fold((Vec::new(), Vec::new(), Vec::new()), |mut columns, (id, document, at)| {
@@ -89,13 +91,11 @@ impl Projection for TasksProjection {
                     columns.2.push(at);
                     columns
                 });
-            sqlx::query(include_str!("../../../projections/tasks/insert_tasks.sql"))
-                .bind(&ids)
-                .bind(&documents)
-                .bind(&positions)
-                .execute(&mut *conn)
-                .await
-                .context("insert tasks")?;
+            statements.push(Statement::prepared(
+                "insert tasks",
+                include_str!("../../../projections/tasks/insert_tasks.sql"),
+                vec![Param::OwnedTexts(ids), Param::OwnedJsonbs(documents), Param::Int8s(positions)],
+            ));
         }
         if !changed.is_empty() {
             let (ids, changes): (Vec<String>, Vec<Value>) =
@@ -103,15 +103,17 @@ impl Projection for TasksProjection {
             // Planned for every batch, never prepared: a cached plan keeps the join PostgreSQL chose when the
             // table was nearly empty (a scan of the whole table) until the table's statistics are next updated,
             // and a fresh database's first minutes of status changes would each scan every task.
-            sqlx::query(include_str!("../../../projections/tasks/update_tasks.sql"))
-                .persistent(false)
-                .bind(&ids)
-                .bind(&changes)
-                .execute(&mut *conn)
-                .await
-                .context("update tasks")?;
+            statements.push(Statement::planned_each_time(
+                "update tasks",
+                include_str!("../../../projections/tasks/update_tasks.sql"),
+                vec![Param::OwnedTexts(ids), Param::OwnedJsonbs(changes)],
+            ));
         }
-        Ok(())
+        Ok(Some(statements))
+    }
+
+    async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        crate::execute_all(conn, self.batch_statements(events)?).await
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {

@@ -16,15 +16,17 @@ mod append;
 pub mod audit;
 pub mod blob;
 mod canonical;
+mod pipeline;
 pub mod read;
 mod record;
+pub mod sql;
 mod subscribe;
 mod upcast;
 pub mod verify;
 
 pub use append::{
-    append_batch, AppendError, Appended, EventStore, ExpectedVersion, InlineProjector, NewCommand, NewEvent,
-    APPEND_LOCK_KEY,
+    append_batch, AppendError, AppendStats, Appended, EventStore, ExpectedVersion, InlineProjector, NewCommand,
+    NewEvent, APPEND_LOCK_KEY,
 };
 pub use blob::NewBlob;
 pub use canonical::{canonical_bytes, chain_hash, content_hash, link_hash, GENESIS_HASH};

@@ -36,6 +36,11 @@ impl Upcasters {
         self.steps.is_empty()
     }
 
+    /// Whether a registered step would change `event` (its payload is at an older version of its type).
+    pub fn lifts(&self, event: &RecordedEvent) -> bool {
+        !self.steps.is_empty() && self.steps.contains_key(&(event.event_type.clone(), event.schema_version))
+    }
+
     /// The event with its payload lifted through every registered step; the stored row is untouched.
     pub fn upcast(&self, mut event: RecordedEvent) -> RecordedEvent {
         if self.steps.is_empty() {

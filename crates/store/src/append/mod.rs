@@ -6,7 +6,10 @@
 //! its batch are unaffected. Across processes the advisory lock serialises batches, so `position` is gapless
 //! and committed in order (docs/adr/0002-no-reader-skips-an-event.md).
 
+mod insert;
+
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -14,22 +17,22 @@ use chrono::{DateTime, Utc};
 pub use domain::event::NewEvent;
 use domain::event::StreamId;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{PgConnection, PgPool, Row as _};
 use tokio::sync::{mpsc, oneshot};
 
+use self::insert::InsertColumns;
 use crate::blob::{NewBlob, MAX_INLINE_BLOB_BYTES, MAX_INLINE_BLOB_BYTES_PER_COMMAND};
-use crate::canonical::{as_jsonb_reads_back, canonical_bytes, chain_hash, CanonicalEvent, GENESIS_HASH};
+use crate::canonical::{as_jsonb_reads_back, canonical_bytes, chain_hash, CanonicalEvent};
+use crate::pipeline::{Answer, PipelinedConnection, Step};
 use crate::record::RecordedEvent;
-use crate::EVENTS_CHANNEL;
+use crate::sql::Statement;
 
 /// The key of the transaction-scoped advisory lock every append takes. Arbitrary, fixed forever.
 pub const APPEND_LOCK_KEY: i64 = 0x004a_4354_5f4c_4f47; // "JCT_LOG" in ASCII
 
 /// The most commands one batch takes; bounds the transaction's size and the time a caller waits behind others.
 const MAX_COMMANDS_PER_BATCH: usize = 256;
-
-/// The batching task's own connections: one for the batch being appended, one for the next batch's `begin`.
-const APPEND_CONNECTIONS: u32 = 2;
 
 /// How many commands may wait for the batching task before `append` callers wait for room.
 const QUEUE_CAPACITY: usize = 4096;
@@ -97,15 +100,38 @@ pub enum AppendError {
 }
 
 /// Read models maintained inside the append transaction (SPEC §2.2: "a projection may also be applied inline
-/// in the append transaction"). The store calls it after inserting a batch's events and before committing, so
-/// the read models commit with the events; the projections crate implements it.
+/// in the append transaction"), so the read models commit with the events; the projections crate implements it.
 #[async_trait::async_trait]
 pub trait InlineProjector: Send + Sync + 'static {
-    /// Applies `events` (consecutive positions, the whole batch as stored) where each read model is exactly at
-    /// the position before them, moving its checkpoint with them; a read model that is behind or busy is left
-    /// to its projector. Returns whether every read model was applied. An error rolls back only what this call
-    /// did: the events still commit.
+    /// The statements that apply `events` (consecutive positions, the whole batch as stored) to every read model,
+    /// computed from the events alone. The first of them moves every read model's checkpoint past the events and
+    /// fails the transaction unless each was exactly at the position before them (so the others never apply to a
+    /// read model that is behind or busy). The store sends them in the append's pipeline, behind the insert.
+    /// `None` when the batch cannot be applied so: the store then appends it step by step with
+    /// [`InlineProjector::apply_appended`].
+    fn pipelined_statements<'e>(&self, events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>>;
+
+    /// Applies `events` where each read model is at the position before them or a little behind it (catching up
+    /// first), moving its checkpoint with them; a read model further behind or busy is left to its projector.
+    /// Called after the insert, in the append transaction. Returns whether every read model was applied. If it
+    /// fails, the transaction fails, and the store appends the batch again without read models.
     async fn apply_appended(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<bool>;
+}
+
+/// How the batching task has appended its batches since the store started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppendStats {
+    /// Batches appended in two pipelined round trips, read models included.
+    pub pipelined_batches: u64,
+    /// Batches appended a statement at a time (a read model was behind or busy, the pipeline failed, or the
+    /// previous batch went this way and read models may still be behind).
+    pub stepwise_batches: u64,
+}
+
+#[derive(Debug, Default)]
+struct AppendCounters {
+    pipelined_batches: AtomicU64,
+    stepwise_batches: AtomicU64,
 }
 
 /// The append side of the event store. Cheap to clone; all clones share one batching task.
@@ -118,6 +144,7 @@ pub struct EventStore {
     /// Owners of unique keys already read. A claim never changes owner: `unique_claims` only grows, and it is
     /// derived from the append-only log, so a remembered owner can never be stale.
     claim_owners: Arc<quick_cache::sync::Cache<String, (StreamId, i64)>>,
+    counters: Arc<AppendCounters>,
 }
 
 struct Pending {
@@ -141,13 +168,15 @@ impl EventStore {
     /// and the next statement leaving holds up every appender. On the process's shared runtime that moment
     /// includes waiting behind whatever else its worker threads are running (HTTP requests, handlers), and the
     /// reactor may not even look at the socket until they yield. The batching task therefore runs on a
-    /// single-threaded runtime in a thread of its own, on [`APPEND_CONNECTIONS`] connections of its own (opened
-    /// with `pool`'s settings, lazily), whose sockets its own reactor watches: it runs the moment its reply is
-    /// in. Measured on 2 cores (`jct bench enqueue`, interleaved with the task on the shared runtime): 1.03-1.6
-    /// times the enqueues per second (1.3 typical), the p99 about halved.
+    /// single-threaded runtime in a thread of its own, on connections of its own (opened with `pool`'s settings,
+    /// lazily), whose sockets its own reactor watches: it runs the moment its reply is in. It appends through a
+    /// pipelined connection ([`Appender::append_pipelined`]: two round trips a batch), and a statement at a time on
+    /// an sqlx connection when that cannot be done.
     fn start(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>) -> EventStore {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let options = (*pool.connect_options()).clone();
+        let counters = Arc::new(AppendCounters::default());
+        let appender_counters = counters.clone();
         std::thread::Builder::new()
             .name("jct-append".into())
             .spawn(move || {
@@ -156,15 +185,22 @@ impl EventStore {
                     .build()
                     .expect("the append runtime starts");
                 runtime.block_on(async move {
-                    let connections =
-                        crate::pool_options().max_connections(APPEND_CONNECTIONS).connect_lazy_with(options);
-                    run_batches(connections.clone(), inline, receiver).await;
-                    connections.close().await;
+                    let stepwise = crate::pool_options().max_connections(1).connect_lazy_with(options.clone());
+                    let appender = Appender {
+                        stepwise: stepwise.clone(),
+                        options,
+                        pipelined: None,
+                        pipelining: true,
+                        inline,
+                        counters: appender_counters,
+                    };
+                    appender.run(receiver).await;
+                    stepwise.close().await;
                 });
             })
             .expect("the append thread starts");
         let claim_owners = Arc::new(quick_cache::sync::Cache::new(CLAIM_CACHE_CAPACITY));
-        EventStore { pool, queue, claim_owners }
+        EventStore { pool, queue, claim_owners, counters }
     }
 
     /// The stream that claimed unique key `key` and the position of that claim, or `None` if nobody has. An
@@ -185,6 +221,14 @@ impl EventStore {
         &self.pool
     }
 
+    /// How the batching task has appended its batches so far.
+    pub fn stats(&self) -> AppendStats {
+        AppendStats {
+            pipelined_batches: self.counters.pipelined_batches.load(Ordering::Relaxed),
+            stepwise_batches: self.counters.stepwise_batches.load(Ordering::Relaxed),
+        }
+    }
+
     /// Appends one command's events atomically and returns them as stored.
     pub async fn append(&self, command: NewCommand) -> Result<Appended, AppendError> {
         validate(&command)?;
@@ -197,69 +241,164 @@ impl EventStore {
     }
 }
 
-async fn run_batches(pool: PgPool, inline: Option<Arc<dyn InlineProjector>>, mut receiver: mpsc::Receiver<Pending>) {
-    let mut waiting = Vec::with_capacity(MAX_COMMANDS_PER_BATCH);
-    // A transaction being begun while the previous batch committed, for the commands that were waiting by then.
-    let mut begun: Option<Beginning> = None;
-    while receiver.recv_many(&mut waiting, MAX_COMMANDS_PER_BATCH).await > 0 {
-        let batch: Vec<Pending> = std::mem::take(&mut waiting);
-        let (commands, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|pending| (pending.command, pending.reply)).unzip();
-        // No copy is kept for a retry: a failed batch gives its commands back.
-        let (attempt, next) =
-            append_overlapping_the_next(&pool, inline.as_deref(), commands, begun.take(), &receiver).await;
-        begun = next;
-        let results = match attempt {
-            Ok(results) => results,
+/// The batching task: takes every command waiting, appends them as one batch, answers each caller.
+struct Appender {
+    /// For batches appended a statement at a time.
+    stepwise: PgPool,
+    /// The settings of the pipelined connection (the pool's).
+    options: PgConnectOptions,
+    /// Connected at the first batch, and again after it was lost.
+    pipelined: Option<PipelinedConnection>,
+    /// Whether the next batch goes through the pipeline. Off after a batch that could not (a read model was
+    /// behind, say), until a batch appended step by step has applied every read model again: until then read
+    /// models may be behind, and only the stepwise path catches them up.
+    pipelining: bool,
+    inline: Option<Arc<dyn InlineProjector>>,
+    counters: Arc<AppendCounters>,
+}
+
+impl Appender {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Pending>) {
+        let mut waiting = Vec::with_capacity(MAX_COMMANDS_PER_BATCH);
+        while receiver.recv_many(&mut waiting, MAX_COMMANDS_PER_BATCH).await > 0 {
+            let (commands, replies): (Vec<_>, Vec<_>) =
+                waiting.drain(..).map(|pending| (pending.command, pending.reply)).unzip();
+            let results = self.append(commands).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A caller that gave up waiting is not an error: its events are committed either way.
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Appends one batch: through the pipeline if it can, else (or if that fails: nothing of it committed) a
+    /// statement at a time; a batch that fails that way too is appended again without read models, then command by
+    /// command. No copy of the commands is kept for a retry: a failed attempt gives them back.
+    async fn append(&mut self, commands: Vec<NewCommand>) -> Vec<Result<Appended, AppendError>> {
+        let commands = if self.pipelining {
+            match self.append_pipelined(commands).await {
+                Ok(results) => {
+                    self.counters.pipelined_batches.fetch_add(1, Ordering::Relaxed);
+                    return results;
+                }
+                Err(Failed { error, commands }) => {
+                    tracing::debug!("appending the batch step by step: the pipelined append failed: {error:#}");
+                    self.pipelining = false;
+                    commands
+                }
+            }
+        } else {
+            commands
+        };
+        self.counters.stepwise_batches.fetch_add(1, Ordering::Relaxed);
+        let inline = self.inline.as_deref();
+        match append_in_own_transaction(&self.stepwise, inline, commands).await {
+            Ok(results) => {
+                self.pipelining = inline.is_none()
+                    || results.iter().any(|result| result.as_ref().is_ok_and(|appended| appended.read_models_applied));
+                results
+            }
             Err(Failed { error, commands }) => {
                 tracing::warn!("failed to append a batch of {}, retrying: {error:#}", commands.len());
-                append_after_a_failure(&pool, commands).await
+                append_after_a_failure(&self.stepwise, commands).await
+            }
+        }
+    }
+
+    /// A batch in two round trips on the pipelined connection: `begin` and the locked read; then the insert, the
+    /// read models' statements ([`InlineProjector::pipelined_statements`]) and `commit`, sent together. If anything
+    /// fails, nothing of the batch is committed and its commands are given back.
+    async fn append_pipelined(
+        &mut self,
+        commands: Vec<NewCommand>,
+    ) -> Result<Vec<Result<Appended, AppendError>>, Failed> {
+        if self.pipelined.as_ref().is_none_or(PipelinedConnection::is_closed) {
+            match PipelinedConnection::connect(&self.options).await {
+                Ok(connection) => self.pipelined = Some(connection),
+                Err(error) => return Err(Failed { error, commands }),
+            }
+        }
+        let connection = self.pipelined.as_mut().expect("connected above");
+        let state = {
+            let read = insert::lock_and_read(&commands);
+            let answers = connection.run(&[Step::Simple("begin"), Step::Query(&read)]).await;
+            match answers.and_then(pipelined_log_state) {
+                Ok(state) => state,
+                Err(error) => {
+                    connection.rollback().await;
+                    return Err(Failed { error, commands });
+                }
             }
         };
-        for (reply, result) in replies.into_iter().zip(results) {
-            // A caller that gave up waiting is not an error: its events are committed either way.
-            let _ = reply.send(result);
+        let (mut slots, blobs, head_position) = record_batch(commands, state);
+        let (events, counts) = take_events(&mut slots);
+        let written = write_pipelined(connection, self.inline.as_deref(), &events, &blobs, head_position).await;
+        give_back_events(&mut slots, events, &counts, self.inline.is_some());
+        match written {
+            Ok(()) => Ok(slots.into_iter().map(Slot::into_result).collect()),
+            Err(error) => {
+                connection.rollback().await;
+                Err(Failed { error, commands: slots.into_iter().map(Slot::into_command).collect() })
+            }
         }
     }
 }
 
-/// A transaction on a connection of the pool.
-type Begun = sqlx::Transaction<'static, sqlx::Postgres>;
+/// The log's state from the pipelined `begin` and locked read.
+fn pipelined_log_state(answers: Vec<Result<Answer, tokio_postgres::Error>>) -> anyhow::Result<LogState> {
+    let mut answers = answers.into_iter();
+    answers.next().context("an answer to begin")?.context("begin the append transaction")?;
+    let Answer::Rows(rows) = answers.next().context("an answer to the read")?.context("take the append lock")? else {
+        anyhow::bail!("the locked read answered no rows");
+    };
+    let rows = rows
+        .iter()
+        .map(|row| {
+            Ok(insert::ReadRow {
+                what: row.try_get("what")?,
+                a: row.try_get("a")?,
+                b: row.try_get("b")?,
+                c: row.try_get("c")?,
+                n: row.try_get("n")?,
+                hash: row.try_get("hash")?,
+            })
+        })
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+        .context("read the log head, stream versions and claims")?;
+    insert::log_state(rows)
+}
 
-/// A transaction being begun in a task of its own, so that nothing waits for it but the batch that uses it.
-type Beginning = tokio::task::JoinHandle<sqlx::Result<Begun>>;
-
-/// A batch's first attempt, in the transaction `begun` if it could be begun (else in one of its own). When more
-/// commands are waiting as it commits, the next batch's transaction is begun on another connection meanwhile: one
-/// round trip fewer between two batches (the append lock is free the moment the commit returns, and the next
-/// batch takes it at once). The commit's callers never wait for that begin (the pool may be busy).
-async fn append_overlapping_the_next(
-    pool: &PgPool,
+/// The pipeline's second flight: the insert (if any command passed its checks), the read models' statements and
+/// `commit`. Any failure means nothing committed: a failed statement aborts the transaction, and the `commit`
+/// behind it then rolls back.
+async fn write_pipelined(
+    connection: &mut PipelinedConnection,
     inline: Option<&dyn InlineProjector>,
-    commands: Vec<NewCommand>,
-    begun: Option<Beginning>,
-    queue: &mpsc::Receiver<Pending>,
-) -> (Result<Vec<Result<Appended, AppendError>>, Failed>, Option<Beginning>) {
-    let begun = match begun {
-        Some(beginning) => beginning.await.ok().and_then(Result::ok),
-        None => None,
+    events: &[RecordedEvent],
+    blobs: &[(NewBlob, i64)],
+    head_position: i64,
+) -> anyhow::Result<()> {
+    let mut rows = InsertColumns::default();
+    for event in events {
+        rows.push(event);
+    }
+    for (blob, position) in blobs {
+        rows.push_blob(blob, *position);
+    }
+    let insert = (!rows.is_empty()).then(|| rows.into_statement(head_position));
+    let read_models = match inline {
+        Some(inline) if !events.is_empty() => {
+            inline.pipelined_statements(events)?.context("the batch's read models cannot be applied in the pipeline")?
+        }
+        _ => Vec::new(),
     };
-    let tx = match begun {
-        Some(tx) => tx,
-        None => match pool.begin().await.context("begin append transaction") {
-            Ok(tx) => tx,
-            Err(error) => return (Err(Failed { error, commands }), None),
-        },
-    };
-    let (tx, slots) = match append_uncommitted(tx, inline, commands).await {
-        Ok(prepared) => prepared,
-        Err(failed) => return (Err(failed), None),
-    };
-    let next = (!queue.is_empty()).then(|| {
-        let pool = pool.clone();
-        tokio::spawn(async move { pool.begin().await })
-    });
-    (commit(tx, slots).await, next)
+    let mut steps: Vec<Step<'_, '_>> = insert.iter().chain(&read_models).map(Step::Execute).collect();
+    steps.push(Step::Simple("commit"));
+    let answers = connection.run(&steps).await?;
+    for (step, answer) in steps.iter().zip(answers) {
+        answer.with_context(|| format!("append pipelined: {}", step.what()))?;
+    }
+    Ok(())
 }
 
 /// A batch whose transaction failed, nothing of it committed, with its commands as they were given (rebuilt from
@@ -324,7 +463,10 @@ fn connection_lost(error: &anyhow::Error) -> bool {
     })
 }
 
-/// One batch in a transaction of its own.
+/// A transaction on a connection of the pool.
+type Begun = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// One batch in a transaction of its own, a statement at a time.
 async fn append_in_own_transaction(
     pool: &PgPool,
     inline: Option<&dyn InlineProjector>,
@@ -560,8 +702,8 @@ async fn append_slots(conn: &mut PgConnection, commands: Vec<NewCommand>) -> Res
     for (blob, position) in &blobs {
         rows_to_insert.push_blob(blob, *position);
     }
-    if !rows_to_insert.position.is_empty() {
-        if let Err(error) = rows_to_insert.insert(conn, head_position).await {
+    if !rows_to_insert.is_empty() {
+        if let Err(error) = rows_to_insert.into_statement(head_position).execute(conn).await {
             return Err(Failed { error, commands: slots.into_iter().map(Slot::into_command).collect() });
         }
     }
@@ -576,64 +718,24 @@ struct LogState {
     claims: HashMap<String, StreamId>,
 }
 
-/// Takes the append lock and reads what the batch's checks need.
+/// Takes the append lock and reads what the batch's checks need ([`insert::lock_and_read`]).
 async fn read_under_lock(conn: &mut PgConnection, commands: &[NewCommand]) -> anyhow::Result<LogState> {
-    // The lock, then what the checks need, read under it in the same round trip: the head, stream versions and
-    // claims as no other appender can move them now (migrations/0004_append_lock_and_read.sql).
-    let mut stream_kinds = Vec::new();
-    let mut stream_ids = Vec::new();
-    let mut claim_keys = Vec::new();
-    for command in commands {
-        for event in &command.events {
-            stream_kinds.push(event.data.stream.kind.as_str().to_owned());
-            stream_ids.push(event.data.stream.id.clone());
-            claim_keys.extend(event.unique_keys.iter().cloned());
-        }
-        for (stream, _) in &command.expected {
-            stream_kinds.push(stream.kind.as_str().to_owned());
-            stream_ids.push(stream.id.clone());
-        }
-        if let Some(key) = &command.idempotency_key {
-            claim_keys.push(idempotency_claim(key));
-        }
-    }
-    let rows = sqlx::query("select what, a, b, c, n, head_hash as hash from append_lock_and_read($1, $2, $3, $4)")
-        .bind(APPEND_LOCK_KEY)
-        .bind(&stream_kinds)
-        .bind(&stream_ids)
-        .bind(&claim_keys)
-        .fetch_all(&mut *conn)
-        .await
-        .context("take the append lock; read the log head, stream versions and claims")?;
-
-    let mut head_position = 0_i64;
-    let mut head_hash = GENESIS_HASH.to_vec();
-    let mut versions: HashMap<(String, String), i32> = HashMap::new();
-    let mut claims: HashMap<String, StreamId> = HashMap::new();
-    for row in &rows {
-        let what: &str = row.try_get("what")?;
-        match what {
-            "head" => {
-                head_position = row.try_get("n")?;
-                head_hash = row.try_get("hash")?;
-            }
-            "stream" => {
-                let version: Option<i64> = row.try_get("n")?;
-                versions.insert(
-                    (row.try_get("a")?, row.try_get("b")?),
-                    i32::try_from(version.unwrap_or(0)).context("stream version out of range")?,
-                );
-            }
-            _ => {
-                let kind: String = row.try_get("b")?;
-                let kind = domain::event::EntityKind::parse(&kind)
-                    .with_context(|| format!("unknown entity kind {kind:?} in unique_claims"))?;
-                claims.insert(row.try_get("a")?, StreamId::new(kind, row.try_get::<String, _>("c")?));
-            }
-        }
-    }
-
-    Ok(LogState { head_position, head_hash, versions, claims })
+    let rows = insert::lock_and_read(commands).fetch_all(conn).await?;
+    let rows = rows
+        .iter()
+        .map(|row| {
+            Ok(insert::ReadRow {
+                what: row.try_get("what")?,
+                a: row.try_get("a")?,
+                b: row.try_get("b")?,
+                c: row.try_get("c")?,
+                n: row.try_get("n")?,
+                hash: row.try_get("hash")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .context("read the log head, stream versions and claims")?;
+    insert::log_state(rows)
 }
 
 /// Checks each command against the log and the batch's earlier commands and makes the records of those that
@@ -778,162 +880,4 @@ pub(crate) fn canonical_of(record: &RecordedEvent) -> CanonicalEvent<'_> {
 /// The current time at the microsecond precision PostgreSQL stores, so hashes recompute from stored rows.
 fn now_micros() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is representable")
-}
-
-/// The key of the payload's only member when `after` equals that member's value, as it does for every `created`
-/// event (`{"object": X}` with `after` X). The insert then takes `after` from the payload PostgreSQL has already
-/// parsed (`payload -> key`, the same jsonb) instead of sending and parsing the same document twice.
-fn payload_member_equal_to_after(record: &RecordedEvent) -> Option<&str> {
-    let (Value::Object(members), Some(after)) = (&record.payload, &record.after) else { return None };
-    let mut members = members.iter();
-    match (members.next(), members.next()) {
-        (Some((key, value)), None) if value == after => Some(key),
-        _ => None,
-    }
-}
-
-/// Column arrays for one multi-row insert through `unnest`, borrowed from the batch's records.
-#[derive(Default)]
-struct InsertColumns<'r> {
-    position: Vec<i64>,
-    event_id: Vec<&'r str>,
-    ts: Vec<DateTime<Utc>>,
-    entity_kind: Vec<&'static str>,
-    entity_id: Vec<&'r str>,
-    stream_version: Vec<i32>,
-    event_type: Vec<&'r str>,
-    schema_version: Vec<i32>,
-    payload: Vec<&'r Value>,
-    action: Vec<&'static str>,
-    actor_kind: Vec<&'static str>,
-    actor_id: Vec<&'r str>,
-    before: Vec<Option<&'r Value>>,
-    /// `None` where `after_key` names the payload member it equals.
-    after: Vec<Option<&'r Value>>,
-    after_key: Vec<Option<&'r str>>,
-    note: Vec<Option<&'r str>>,
-    trace_id: Vec<Option<&'r str>>,
-    correlation_id: Vec<Option<&'r str>>,
-    causation_id: Vec<Option<&'r str>>,
-    idempotency_key: Vec<Option<&'r str>>,
-    unique_keys: Vec<sqlx::types::Json<&'r [String]>>,
-    prev_hash: Vec<&'r [u8]>,
-    hash: Vec<&'r [u8]>,
-    claim_key: Vec<&'r str>,
-    claim_kind: Vec<&'static str>,
-    claim_id: Vec<&'r str>,
-    claim_position: Vec<i64>,
-    blob_digest: Vec<&'r str>,
-    blob_size: Vec<i64>,
-    blob_content: Vec<&'r [u8]>,
-    blob_position: Vec<i64>,
-}
-
-impl<'r> InsertColumns<'r> {
-    fn push(&mut self, record: &'r RecordedEvent) {
-        self.position.push(record.position);
-        self.event_id.push(&record.event_id);
-        self.ts.push(record.ts);
-        self.entity_kind.push(record.stream.kind.as_str());
-        self.entity_id.push(&record.stream.id);
-        self.stream_version.push(record.stream_version);
-        self.event_type.push(&record.event_type);
-        self.schema_version.push(record.schema_version);
-        self.payload.push(&record.payload);
-        self.action.push(record.action.as_str());
-        self.actor_kind.push(record.actor_kind.as_str());
-        self.actor_id.push(&record.actor_id);
-        self.before.push(record.before.as_ref());
-        let after_key = payload_member_equal_to_after(record);
-        self.after.push(if after_key.is_some() { None } else { record.after.as_ref() });
-        self.after_key.push(after_key);
-        self.note.push(record.note.as_deref());
-        self.trace_id.push(record.trace_id.as_deref());
-        self.correlation_id.push(record.correlation_id.as_deref());
-        self.causation_id.push(record.causation_id.as_deref());
-        self.idempotency_key.push(record.idempotency_key.as_deref());
-        self.unique_keys.push(sqlx::types::Json(&record.unique_keys));
-        self.prev_hash.push(&record.prev_hash);
-        self.hash.push(&record.hash);
-        for key in &record.unique_keys {
-            self.claim_key.push(key);
-            self.claim_kind.push(record.stream.kind.as_str());
-            self.claim_id.push(&record.stream.id);
-            self.claim_position.push(record.position);
-        }
-    }
-
-    fn push_blob(&mut self, blob: &'r NewBlob, position: i64) {
-        self.blob_digest.push(&blob.digest);
-        self.blob_size.push(blob.size_bytes() as i64);
-        self.blob_content.push(&blob.content);
-        self.blob_position.push(position);
-    }
-
-    async fn insert(self, conn: &mut PgConnection, last_position: i64) -> anyhow::Result<()> {
-        sqlx::query(
-            "with events as ( \
-               insert into audit_log (position, event_id, ts, entity_kind, entity_id, stream_version, event_type, \
-                 schema_version, payload, action, actor_kind, actor_id, before, after, note, trace_id, \
-                 correlation_id, causation_id, idempotency_key, unique_keys, prev_hash, hash) \
-               select u.position, u.event_id, u.ts, u.entity_kind, u.entity_id, u.stream_version, u.event_type, \
-                 u.schema_version, u.payload, u.action, u.actor_kind, u.actor_id, u.before, \
-                 case when u.after_key is null then u.after else u.payload -> u.after_key end, u.note, \
-                 u.trace_id, u.correlation_id, u.causation_id, u.idempotency_key, \
-                 array(select jsonb_array_elements_text(u.unique_keys)), u.prev_hash, u.hash \
-               from unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::int[], \
-                 $7::text[], $8::int[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::jsonb[], \
-                 $14::jsonb[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::jsonb[], \
-                 $21::bytea[], $22::bytea[], $23::text[]) \
-               as u(position, event_id, ts, entity_kind, entity_id, stream_version, event_type, schema_version, \
-                 payload, action, actor_kind, actor_id, before, after, note, trace_id, correlation_id, \
-                 causation_id, idempotency_key, unique_keys, prev_hash, hash, after_key) \
-             ), claims as ( \
-               insert into unique_claims (key, entity_kind, entity_id, position) \
-               select * from unnest($24::text[], $25::text[], $26::text[], $27::bigint[]) \
-             ), blobs as ( \
-               insert into blobs (digest, size_bytes, content, position) \
-               select * from unnest($30::text[], $31::bigint[], $32::bytea[], $33::bigint[]) \
-               on conflict (digest) do nothing \
-             ) \
-             select pg_notify($28, $29)",
-        )
-        .bind(&self.position)
-        .bind(&self.event_id)
-        .bind(&self.ts)
-        .bind(&self.entity_kind)
-        .bind(&self.entity_id)
-        .bind(&self.stream_version)
-        .bind(&self.event_type)
-        .bind(&self.schema_version)
-        .bind(&self.payload)
-        .bind(&self.action)
-        .bind(&self.actor_kind)
-        .bind(&self.actor_id)
-        .bind(&self.before)
-        .bind(&self.after)
-        .bind(&self.note)
-        .bind(&self.trace_id)
-        .bind(&self.correlation_id)
-        .bind(&self.causation_id)
-        .bind(&self.idempotency_key)
-        .bind(&self.unique_keys)
-        .bind(&self.prev_hash)
-        .bind(&self.hash)
-        .bind(&self.after_key)
-        .bind(&self.claim_key)
-        .bind(&self.claim_kind)
-        .bind(&self.claim_id)
-        .bind(&self.claim_position)
-        .bind(EVENTS_CHANNEL)
-        .bind(last_position.to_string())
-        .bind(&self.blob_digest)
-        .bind(&self.blob_size)
-        .bind(&self.blob_content)
-        .bind(&self.blob_position)
-        .execute(conn)
-        .await
-        .context("insert events")?;
-        Ok(())
-    }
 }

@@ -376,16 +376,26 @@ async fn catch_up_all(app: &App, config: &WorkerConfig) -> anyhow::Result<()> {
 /// How many events of `event_type` were appended after `after`, and the last position looked at: the next count
 /// starts there (positions commit in order, so nothing appears behind it later), so waiting for a backlog reads
 /// each event once instead of counting the whole range again at every notification, which loaded the database
-/// under measurement more the longer a run went.
+/// under measurement more the longer a run went. The stretch is bounded above as well ([`COUNT_STRETCH`] positions
+/// a call; the next call goes on from where this one stopped): with `position > $2` alone PostgreSQL, before it has
+/// analysed the log, guesses a third of the table and scans all of it in parallel (100 ms and 28,000 pages a call at
+/// 150,000 events, reading the log back from the disk once it outgrew the buffer cache: most of the database's work
+/// in a long end-to-end run). Never prepared, so the bounds are constants to the planner.
 async fn count_since(pool: &PgPool, event_type: &str, after: i64) -> anyhow::Result<(i64, i64)> {
     Ok(sqlx::query_as(
-        "select count(*) filter (where event_type = $1), coalesce(max(position), $2) from audit_log where position > $2",
+        "select count(*) filter (where event_type = $1), coalesce(max(position), $2) from audit_log \
+          where position > $2 and position <= $2 + $3",
     )
+    .persistent(false)
     .bind(event_type)
     .bind(after)
+    .bind(COUNT_STRETCH)
     .fetch_one(pool)
     .await?)
 }
+
+/// The most positions [`count_since`] looks at in one call.
+const COUNT_STRETCH: i64 = 100_000;
 
 /// Waits until `expected` events of `event_type` were appended after `after`, checking on every notification.
 async fn wait_for_count(

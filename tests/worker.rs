@@ -130,6 +130,7 @@ async fn concurrent_claimers_claim_every_task_exactly_once() {
                             trace_root: None,
                             executor: &executor,
                             max_time_budget: None,
+                            claiming: None,
                         },
                     )
                     .await
@@ -512,6 +513,7 @@ async fn a_stale_worker_can_never_complete_an_attempt_taken_over_after_its_lease
             trace_root: None,
             executor: &executor,
             max_time_budget: None,
+            claiming: None,
         },
     )
     .await
@@ -608,6 +610,7 @@ async fn graceful_shutdown_lets_short_handlers_finish_and_releases_the_rest() {
             trace_root: None,
             executor: &executor,
             max_time_budget: None,
+            claiming: None,
         },
     )
     .await

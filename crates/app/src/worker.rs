@@ -8,8 +8,9 @@
 //! (or a stale) row exactly one claims the attempt and the others get a conflict. No transaction stays open while a
 //! handler runs: everything after the claim is a separate, fenced append ([`append_decision`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -47,6 +48,32 @@ pub struct ClaimRequest<'a> {
     pub executor: &'a ExecutorInfo,
     /// Caps every task's time budget.
     pub max_time_budget: Option<Duration>,
+    /// Tasks this process is claiming right now, in other claims still appending: this claim's read skips them
+    /// (picking one again could only lose the race), and adds its own picks while its appends are in flight. Lets a
+    /// worker start a claim while an earlier one is still being appended.
+    pub claiming: Option<&'a Mutex<HashSet<String>>>,
+}
+
+/// Tasks a claim picked, in [`ClaimRequest::claiming`] until dropped (its appends have answered).
+struct Claiming<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    task_ids: Vec<String>,
+}
+
+impl<'a> Claiming<'a> {
+    fn register(set: &'a Mutex<HashSet<String>>, task_ids: Vec<String>) -> Claiming<'a> {
+        set.lock().expect("not poisoned").extend(task_ids.iter().cloned());
+        Claiming { set, task_ids }
+    }
+}
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        let mut set = self.set.lock().expect("not poisoned");
+        for task_id in &self.task_ids {
+            set.remove(task_id);
+        }
+    }
 }
 
 /// A task this worker now holds.
@@ -108,9 +135,11 @@ pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<Clai
 
 /// One round of [`claim`]; returns how many claims it lost to other claimers.
 async fn claim_round(app: &App, request: &ClaimRequest<'_>, batch: &mut ClaimBatch) -> anyhow::Result<usize> {
+    let exclude: Vec<String> =
+        request.claiming.map(|set| set.lock().expect("not poisoned").iter().cloned().collect()).unwrap_or_default();
     let local_before = Utc::now();
     let candidates =
-        queue::claim_candidates(app.pool(), request.limit, request.limit * CANDIDATE_WINDOW_FACTOR).await?;
+        queue::claim_candidates(app.pool(), request.limit, request.limit * CANDIDATE_WINDOW_FACTOR, &exclude).await?;
     let local_after = Utc::now();
     let now = candidates.now;
     batch.now = Some(now);
@@ -181,6 +210,12 @@ async fn claim_round(app: &App, request: &ClaimRequest<'_>, batch: &mut ClaimBat
         queue::apply_inline(&mut conn, &stale_rows).await?;
     }
 
+    let _claiming = request.claiming.map(|set| {
+        Claiming::register(
+            set,
+            decided.iter().map(|(candidate, _): &(Candidate, NewCommand)| candidate.state.task_id.clone()).collect(),
+        )
+    });
     // Every claim is its own command, appended at once: the batching task puts them in one transaction.
     let appends =
         decided.into_iter().map(|(candidate, command)| async move { (candidate, app.store().append(command).await) });

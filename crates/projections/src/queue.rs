@@ -380,10 +380,16 @@ pub struct Candidates {
 /// admitted to the queue first, so a task is claimable as soon as its enqueue commits. Nothing is reserved:
 /// the claim's append expects each stream at the version read here, so a task another claimer took meanwhile
 /// is a conflict, never a second claim.
-pub async fn claim_candidates(pool: &sqlx::PgPool, limit: usize, window: usize) -> anyhow::Result<Candidates> {
+pub async fn claim_candidates(
+    pool: &sqlx::PgPool,
+    limit: usize,
+    window: usize,
+    exclude: &[String],
+) -> anyhow::Result<Candidates> {
     let rows = sqlx::query(include_str!("../../../projections/task_queue/claim_candidates.sql"))
         .bind(i64::try_from(limit).context("claim limit out of range")?)
         .bind(i64::try_from(window.max(limit)).context("claim window out of range")?)
+        .bind(exclude)
         .fetch_all(pool)
         .await
         .context("pick claimable tasks and read their streams")?;

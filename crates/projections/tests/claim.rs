@@ -106,7 +106,7 @@ async fn a_claim_admits_new_tasks_and_reads_the_picked_ones_streams_with_their_i
     assert_eq!(queued, 0);
 
     // The two due longest, out of a window of two: exactly the first two tasks.
-    let candidates = queue::claim_candidates(&pool, 2, 2).await.unwrap();
+    let candidates = queue::claim_candidates(&pool, 2, 2, &[]).await.unwrap();
     let queued: Vec<String> =
         sqlx::query_scalar("select task_id from task_queue order by due_at").fetch_all(&pool).await.unwrap();
     let mut every_task: Vec<String> = picked.iter().chain([&later]).map(|[task, ..]| task.id.clone()).collect();
@@ -131,14 +131,22 @@ async fn a_claim_admits_new_tasks_and_reads_the_picked_ones_streams_with_their_i
     // From a wider window the picks vary, but always come from the due: all three here, and never more than asked.
     let mut seen = std::collections::HashSet::new();
     for _ in 0..40 {
-        let candidates = queue::claim_candidates(&pool, 1, 3).await.unwrap();
+        let candidates = queue::claim_candidates(&pool, 1, 3, &[]).await.unwrap();
         assert_eq!(candidates.task_ids.len(), 1);
         seen.insert(candidates.task_ids[0].clone());
     }
     assert_eq!(seen.len(), 3, "a random pick from the window: {seen:?}");
 
+    // Tasks this process is still claiming are skipped: the window is the three due longest of the others.
+    let claiming: Vec<String> = every_task.clone();
+    for _ in 0..10 {
+        let candidates = queue::claim_candidates(&pool, 3, 3, &claiming).await.unwrap();
+        let task_ids: Vec<&String> = candidates.task_ids.iter().collect();
+        assert_eq!(task_ids, [&later[0].id], "only the task not being claimed");
+    }
+
     // Nothing due: only the clock.
     sqlx::query("update task_queue set due_at = now() + interval '1 hour'").execute(&pool).await.unwrap();
-    let candidates = queue::claim_candidates(&pool, 5, 20).await.unwrap();
+    let candidates = queue::claim_candidates(&pool, 5, 20, &[]).await.unwrap();
     assert!(candidates.task_ids.is_empty() && candidates.events.is_empty());
 }

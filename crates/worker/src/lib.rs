@@ -28,12 +28,16 @@ use anyhow::Context as _;
 use app::App;
 use chrono::{DateTime, Utc};
 use domain::task::run::ExecutorInfo;
+use futures::StreamExt as _;
 use projections::trace::{BlobStore, TraceProjection};
 use store::Wakeup;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use attempt::Outcome;
+
+/// How many claims [`run`] has in flight at once.
+const CLAIMS_IN_FLIGHT: usize = 2;
 
 /// The version the worker records as its executor version.
 pub const WORKER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -236,6 +240,8 @@ pub(crate) struct Worker {
     pub(crate) finishing: AtomicUsize,
     /// Wakes [`run`] when an attempt starts finishing.
     pub(crate) slot_freeing: tokio::sync::Notify,
+    /// Tasks picked by claims whose appends are still in flight ([`app::worker::ClaimRequest::claiming`]).
+    claiming: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Worker {
@@ -278,6 +284,7 @@ impl Worker {
             clock: Clock::default(),
             finishing: AtomicUsize::new(0),
             slot_freeing: tokio::sync::Notify::new(),
+            claiming: std::sync::Mutex::default(),
         })
     }
 
@@ -292,6 +299,7 @@ impl Worker {
                 trace_root: Some(&self.trace_root),
                 executor: &self.executor,
                 max_time_budget: self.config.max_time_budget,
+                claiming: Some(&self.claiming),
             },
         )
         .await?;
@@ -368,10 +376,16 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
     let mut running: JoinSet<Outcome> = JoinSet::new();
     tokio::pin!(shutdown);
     let mut last_catch_up: Option<std::time::Instant> = None;
+    // Claims in flight: each holds the slots it asked for until it answers. A second claim may start while the
+    // first is still being appended (it skips the tasks the first picked), so a task enqueued meanwhile does not
+    // wait for that append.
+    let mut claims = futures::stream::FuturesUnordered::new();
+    let mut reserved = 0;
+    // Whether a task may be claimable: set by every notification and poll; cleared when a claim found fewer than
+    // it asked for and no notification came since it started (`wakeups` counts them).
+    let mut maybe_due = true;
+    let mut wakeups: u64 = 0;
     loop {
-        if let Some(wakeup) = wakeup.as_mut() {
-            wakeup.drain().await;
-        }
         // Claims admit new tasks themselves; the queue's checkpoint still has to move on where no projector runs.
         if last_catch_up.is_none_or(|at| at.elapsed() >= config.poll_interval) {
             last_catch_up = Some(std::time::Instant::now());
@@ -379,32 +393,45 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
                 tracing::warn!("failed to catch the task queue up: {error:#}");
             }
         }
-        // Fill the free slots (an attempt only recording its end frees its slot); a full batch means more may be
-        // due.
-        let busy = |running: &JoinSet<Outcome>| running.len().saturating_sub(worker.finishing.load(Ordering::Relaxed));
-        while busy(&running) < config.concurrency {
-            let wanted = config.concurrency - busy(&running);
-            match worker.claim(wanted).await {
-                Ok(batch) => {
-                    let claimed = batch.claimed.len();
-                    for task in batch.claimed {
-                        let worker = worker.clone();
-                        let release = release.clone();
-                        running.spawn(async move { attempt::run_attempt(&worker, task, release).await });
-                    }
-                    if claimed < wanted {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!("failed to claim: {error:#}");
-                    break;
-                }
+        // Fill the free slots (an attempt only recording its end frees its slot).
+        let busy = running.len().saturating_sub(worker.finishing.load(Ordering::Relaxed));
+        while maybe_due && claims.len() < CLAIMS_IN_FLIGHT && busy + reserved < config.concurrency {
+            let wanted = config.concurrency - busy - reserved;
+            reserved += wanted;
+            // The claim's read sees everything the notifications so far announced.
+            if let Some(wakeup) = wakeup.as_mut() {
+                wakeup.drain().await;
             }
+            let worker = worker.clone();
+            let started_at = wakeups;
+            claims.push(async move { (wanted, started_at, worker.claim(wanted).await) });
         }
         tokio::select! {
             () = &mut shutdown => break,
             () = worker.slot_freeing.notified() => {}
+            Some((wanted, started_at, claimed)) = claims.next(), if !claims.is_empty() => {
+                reserved -= wanted;
+                let found = match claimed {
+                    Ok(batch) => {
+                        let found = batch.claimed.len();
+                        for task in batch.claimed {
+                            let worker = worker.clone();
+                            let release = release.clone();
+                            running.spawn(async move { attempt::run_attempt(&worker, task, release).await });
+                        }
+                        found
+                    }
+                    Err(error) => {
+                        tracing::warn!("failed to claim: {error:#}");
+                        0
+                    }
+                };
+                // A full claim means more may be due; a short one, that nothing more was when it read, unless a
+                // notification came since.
+                if found < wanted && started_at == wakeups {
+                    maybe_due = false;
+                }
+            }
             Some(joined) = running.join_next(), if !running.is_empty() => {
                 log_outcome(joined);
                 // Every slot freed meanwhile, so the next claim takes them together.
@@ -412,7 +439,20 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
                     log_outcome(joined);
                 }
             }
-            () = wait(&mut wakeup, config.poll_interval) => {}
+            () = wait(&mut wakeup, config.poll_interval) => {
+                wakeups += 1;
+                maybe_due = true;
+            }
+        }
+    }
+    // Claims in flight finish (their tasks are then running, and are let finish or released below).
+    while let Some((_, _, claimed)) = claims.next().await {
+        if let Ok(batch) = claimed {
+            for task in batch.claimed {
+                let worker = worker.clone();
+                let release = release.clone();
+                running.spawn(async move { attempt::run_attempt(&worker, task, release).await });
+            }
         }
     }
 

@@ -344,6 +344,20 @@ impl Appender {
     }
 }
 
+/// A row of the locked read as [`insert::ReadRow`], from either driver's row type (both have `try_get(name)`).
+macro_rules! read_row {
+    ($row:expr) => {
+        insert::ReadRow {
+            what: $row.try_get("what")?,
+            a: $row.try_get("a")?,
+            b: $row.try_get("b")?,
+            c: $row.try_get("c")?,
+            n: $row.try_get("n")?,
+            hash: $row.try_get("hash")?,
+        }
+    };
+}
+
 /// The log's state from the pipelined `begin` and locked read.
 fn pipelined_log_state(answers: Vec<Result<Answer, tokio_postgres::Error>>) -> anyhow::Result<LogState> {
     let mut answers = answers.into_iter();
@@ -353,16 +367,7 @@ fn pipelined_log_state(answers: Vec<Result<Answer, tokio_postgres::Error>>) -> a
     };
     let rows = rows
         .iter()
-        .map(|row| {
-            Ok(insert::ReadRow {
-                what: row.try_get("what")?,
-                a: row.try_get("a")?,
-                b: row.try_get("b")?,
-                c: row.try_get("c")?,
-                n: row.try_get("n")?,
-                hash: row.try_get("hash")?,
-            })
-        })
+        .map(|row| Ok(read_row!(row)))
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()
         .context("read the log head, stream versions and claims")?;
     insert::log_state(rows)
@@ -723,16 +728,7 @@ async fn read_under_lock(conn: &mut PgConnection, commands: &[NewCommand]) -> an
     let rows = insert::lock_and_read(commands).fetch_all(conn).await?;
     let rows = rows
         .iter()
-        .map(|row| {
-            Ok(insert::ReadRow {
-                what: row.try_get("what")?,
-                a: row.try_get("a")?,
-                b: row.try_get("b")?,
-                c: row.try_get("c")?,
-                n: row.try_get("n")?,
-                hash: row.try_get("hash")?,
-            })
-        })
+        .map(|row| Ok(read_row!(row)))
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .context("read the log head, stream versions and claims")?;
     insert::log_state(rows)

@@ -44,4 +44,8 @@ async fn an_append_whose_connections_all_died_a_moment_ago_still_commits() {
     let appended = store.append(crate::support::command(2)).await.expect("committed on a fresh connection");
     assert_eq!(appended.events.len(), 2);
     assert_eq!(crate::support::count_events(&admin).await, 3);
+    // And the pipelined connection is connected anew: the next batch goes through the pipeline again.
+    let before = store.stats();
+    store.append(crate::support::command(1)).await.unwrap();
+    assert_eq!(store.stats().pipelined_batches, before.pipelined_batches + 1, "{:?}", store.stats());
 }

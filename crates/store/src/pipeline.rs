@@ -95,16 +95,9 @@ impl PipelinedConnection {
                 Step::Simple(_) => Vec::new(),
             })
             .collect();
-        let types: Vec<Vec<tokio_postgres::types::Type>> = steps
-            .iter()
-            .map(|step| match step {
-                Step::Query(statement) | Step::Execute(statement) if !statement.prepared => statement.types(),
-                _ => Vec::new(),
-            })
-            .collect();
         let client = &self.client;
         let mut pending: Vec<Pending<'_>> = Vec::with_capacity(steps.len());
-        for ((step, params), types) in steps.iter().zip(&params).zip(&types) {
+        for (step, params) in steps.iter().zip(&params) {
             pending.push(match step {
                 Step::Simple(sql) => Box::pin(async move { client.batch_execute(sql).await.map(|()| Answer::Done) }),
                 Step::Query(statement) | Step::Execute(statement) => {
@@ -119,7 +112,7 @@ impl PipelinedConnection {
                         }),
                         None => {
                             let typed: Vec<(&(dyn ToSql + Sync), tokio_postgres::types::Type)> =
-                                params.iter().copied().zip(types.iter().cloned()).collect();
+                                params.iter().copied().zip(statement.types()).collect();
                             Box::pin(async move {
                                 if wants_rows {
                                     client.query_typed(statement.sql, &typed).await.map(Answer::Rows)

@@ -38,21 +38,18 @@ impl<'a> Statement<'a> {
 
     /// Runs it on `conn`; returns the rows it affected.
     pub async fn execute(&self, conn: &mut PgConnection) -> anyhow::Result<u64> {
-        let mut query = sqlx::query(self.sql).persistent(self.prepared);
-        for param in &self.params {
-            query = param.bind(query);
-        }
-        let done = query.execute(conn).await.map_err(|error| anyhow::Error::new(error).context(self.what))?;
+        let done = self.query().execute(conn).await.map_err(|error| anyhow::Error::new(error).context(self.what))?;
         Ok(done.rows_affected())
     }
 
     /// Runs it on `conn` and returns its rows.
     pub async fn fetch_all(&self, conn: &mut PgConnection) -> anyhow::Result<Vec<sqlx::postgres::PgRow>> {
-        let mut query = sqlx::query(self.sql).persistent(self.prepared);
-        for param in &self.params {
-            query = param.bind(query);
-        }
-        query.fetch_all(conn).await.map_err(|error| anyhow::Error::new(error).context(self.what))
+        self.query().fetch_all(conn).await.map_err(|error| anyhow::Error::new(error).context(self.what))
+    }
+
+    /// The sqlx query with every parameter bound.
+    fn query(&self) -> Query<'_> {
+        self.params.iter().fold(sqlx::query(self.sql).persistent(self.prepared), |query, param| param.bind(query))
     }
 
     /// The parameters' PostgreSQL types, in order.

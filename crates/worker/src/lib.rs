@@ -414,11 +414,7 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
                 let found = match claimed {
                     Ok(batch) => {
                         let found = batch.claimed.len();
-                        for task in batch.claimed {
-                            let worker = worker.clone();
-                            let release = release.clone();
-                            running.spawn(async move { attempt::run_attempt(&worker, task, release).await });
-                        }
+                        start_attempts(&mut running, &worker, &release, batch.claimed);
                         found
                     }
                     Err(error) => {
@@ -448,11 +444,7 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
     // Claims in flight finish (their tasks are then running, and are let finish or released below).
     while let Some((_, _, claimed)) = claims.next().await {
         if let Ok(batch) = claimed {
-            for task in batch.claimed {
-                let worker = worker.clone();
-                let release = release.clone();
-                running.spawn(async move { attempt::run_attempt(&worker, task, release).await });
-            }
+            start_attempts(&mut running, &worker, &release, batch.claimed);
         }
     }
 
@@ -486,6 +478,19 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
     }
     tracing::info!(worker_id = %config.worker_id, "worker stopped");
     Ok(())
+}
+
+/// Runs each claimed task's attempt in `running`.
+fn start_attempts(
+    running: &mut JoinSet<Outcome>,
+    worker: &Arc<Worker>,
+    release: &CancellationToken,
+    claimed: Vec<app::worker::ClaimedTask>,
+) {
+    for task in claimed {
+        let (worker, release) = (worker.clone(), release.clone());
+        running.spawn(async move { attempt::run_attempt(&worker, task, release).await });
+    }
 }
 
 async fn wait(wakeup: &mut Option<Wakeup>, poll_interval: Duration) {

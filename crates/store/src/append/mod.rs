@@ -344,17 +344,26 @@ impl Appender {
     }
 }
 
-/// A row of the locked read as [`insert::ReadRow`], from either driver's row type (both have `try_get(name)`).
-macro_rules! read_row {
-    ($row:expr) => {
-        insert::ReadRow {
-            what: $row.try_get("what")?,
-            a: $row.try_get("a")?,
-            b: $row.try_get("b")?,
-            c: $row.try_get("c")?,
-            n: $row.try_get("n")?,
-            hash: $row.try_get("hash")?,
-        }
+/// The log's state from the locked read's rows, whichever driver read them (both row types have `try_get(name)`;
+/// `$error` is the driver's error type).
+macro_rules! log_state_of {
+    ($rows:expr, $error:ty) => {
+        insert::log_state(
+            $rows
+                .iter()
+                .map(|row| {
+                    Ok(insert::ReadRow {
+                        what: row.try_get("what")?,
+                        a: row.try_get("a")?,
+                        b: row.try_get("b")?,
+                        c: row.try_get("c")?,
+                        n: row.try_get("n")?,
+                        hash: row.try_get("hash")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, $error>>()
+                .context("read the log head, stream versions and claims")?,
+        )
     };
 }
 
@@ -365,12 +374,7 @@ fn pipelined_log_state(answers: Vec<Result<Answer, tokio_postgres::Error>>) -> a
     let Answer::Rows(rows) = answers.next().context("an answer to the read")?.context("take the append lock")? else {
         anyhow::bail!("the locked read answered no rows");
     };
-    let rows = rows
-        .iter()
-        .map(|row| Ok(read_row!(row)))
-        .collect::<Result<Vec<_>, tokio_postgres::Error>>()
-        .context("read the log head, stream versions and claims")?;
-    insert::log_state(rows)
+    log_state_of!(rows, tokio_postgres::Error)
 }
 
 /// The pipeline's second flight: the insert (if any command passed its checks), the read models' statements and
@@ -726,12 +730,7 @@ struct LogState {
 /// Takes the append lock and reads what the batch's checks need ([`insert::lock_and_read`]).
 async fn read_under_lock(conn: &mut PgConnection, commands: &[NewCommand]) -> anyhow::Result<LogState> {
     let rows = insert::lock_and_read(commands).fetch_all(conn).await?;
-    let rows = rows
-        .iter()
-        .map(|row| Ok(read_row!(row)))
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .context("read the log head, stream versions and claims")?;
-    insert::log_state(rows)
+    log_state_of!(rows, sqlx::Error)
 }
 
 /// Checks each command against the log and the batch's earlier commands and makes the records of those that

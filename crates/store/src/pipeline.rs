@@ -4,11 +4,14 @@
 //! trips, and on a busy machine each costs a scheduling delay on both sides as well. The batching task holds the
 //! append lock across its whole transaction, so those delays hold up every appender. This connection (tokio-postgres,
 //! which pipelines whatever requests are outstanding) sends a whole step of an append (`begin` and the locked read;
-//! then the insert, the read models' writes and `commit`) as one flight and reads the answers as they come.
+//! then the insert, the read models' writes and `commit`) as one flight and reads the answers as they come. A flight
+//! may also go out while the one before it is still being answered (the appender's speculative batches, ADR 0009):
+//! the server runs them in the order they were sent.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use sqlx::postgres::PgConnectOptions;
@@ -46,10 +49,12 @@ pub(crate) enum Answer {
 
 type Pending<'f> = Pin<Box<dyn Future<Output = Result<Answer, tokio_postgres::Error>> + Send + 'f>>;
 
-/// A connection of the appender's own, with the statements it has prepared.
+/// A connection of the appender's own, with the statements it has prepared. Clones share the connection, so a
+/// flight can be sent from a task of its own while the appender goes on.
+#[derive(Clone)]
 pub(crate) struct PipelinedConnection {
-    client: Client,
-    prepared: HashMap<&'static str, tokio_postgres::Statement>,
+    client: Arc<Client>,
+    prepared: Arc<Mutex<HashMap<&'static str, tokio_postgres::Statement>>>,
 }
 
 impl PipelinedConnection {
@@ -63,7 +68,7 @@ impl PipelinedConnection {
                 tracing::debug!("the appender's pipelined connection ended: {error}");
             }
         });
-        Ok(PipelinedConnection { client, prepared: HashMap::new() })
+        Ok(PipelinedConnection { client: Arc::new(client), prepared: Arc::default() })
     }
 
     /// Whether the connection is gone (the next append should connect anew).
@@ -82,10 +87,33 @@ impl PipelinedConnection {
     /// Sends every step at once, in order, and waits for all their answers; each answer is the step's own. A step
     /// that fails inside a transaction aborts it: the steps after it fail too, and a `commit` among them rolls back.
     pub(crate) async fn run(
-        &mut self,
+        &self,
         steps: &[Step<'_, '_>],
     ) -> anyhow::Result<Vec<Result<Answer, tokio_postgres::Error>>> {
-        self.prepare(steps).await?;
+        self.run_telling_when_sent(steps, |_| ()).await
+    }
+
+    /// [`PipelinedConnection::run`], calling `sent` as soon as every step has gone out (with `true`), or as soon as
+    /// it is known that not all of them will (with `false`: the caller must roll back before sending more).
+    pub(crate) async fn run_telling_when_sent(
+        &self,
+        steps: &[Step<'_, '_>],
+        sent: impl FnOnce(bool),
+    ) -> anyhow::Result<Vec<Result<Answer, tokio_postgres::Error>>> {
+        if let Err(error) = self.prepare(steps).await {
+            sent(false);
+            return Err(error);
+        }
+        let prepared: Vec<Option<tokio_postgres::Statement>> = {
+            let known = self.prepared.lock().expect("not poisoned");
+            steps
+                .iter()
+                .map(|step| match step {
+                    Step::Query(statement) | Step::Execute(statement) => known.get(statement.sql).cloned(),
+                    Step::Simple(_) => None,
+                })
+                .collect()
+        };
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = steps
             .iter()
             .map(|step| match step {
@@ -95,14 +123,14 @@ impl PipelinedConnection {
                 Step::Simple(_) => Vec::new(),
             })
             .collect();
-        let client = &self.client;
+        let client = &*self.client;
         let mut pending: Vec<Pending<'_>> = Vec::with_capacity(steps.len());
-        for (step, params) in steps.iter().zip(&params) {
+        for ((step, params), prepared) in steps.iter().zip(&params).zip(&prepared) {
             pending.push(match step {
                 Step::Simple(sql) => Box::pin(async move { client.batch_execute(sql).await.map(|()| Answer::Done) }),
                 Step::Query(statement) | Step::Execute(statement) => {
                     let wants_rows = matches!(step, Step::Query(_));
-                    match self.prepared.get(statement.sql) {
+                    match prepared {
                         Some(prepared) => Box::pin(async move {
                             if wants_rows {
                                 client.query(prepared, params).await.map(Answer::Rows)
@@ -129,46 +157,52 @@ impl PipelinedConnection {
         // in order, then wait for them all. A future that is ready at its first poll failed before its request went
         // out (the connection is closed, or a parameter would not encode): the steps behind it are never sent (a
         // `commit` must not follow a statement that was left out), and the caller rolls back.
-        let mut sent = Vec::with_capacity(pending.len());
+        let mut in_flight = Vec::with_capacity(pending.len());
         for mut future in pending {
             if let std::task::Poll::Ready(answer) = futures::poll!(future.as_mut()) {
+                sent(false);
                 let error = answer.err().map_or_else(
                     || anyhow::anyhow!("a pipelined step was answered before it was sent"),
                     anyhow::Error::new,
                 );
-                futures::future::join_all(sent).await;
+                futures::future::join_all(in_flight).await;
                 return Err(error.context("send a pipelined step"));
             }
-            sent.push(future);
+            in_flight.push(future);
         }
-        Ok(futures::future::join_all(sent).await)
+        sent(true);
+        Ok(futures::future::join_all(in_flight).await)
     }
 
     /// Prepares the steps' statements this connection has not prepared yet, in one flight.
-    async fn prepare(&mut self, steps: &[Step<'_, '_>]) -> anyhow::Result<()> {
+    async fn prepare(&self, steps: &[Step<'_, '_>]) -> anyhow::Result<()> {
         let mut missing: Vec<&Statement<'_>> = Vec::new();
-        for step in steps {
-            if let Step::Query(statement) | Step::Execute(statement) = step {
-                if statement.prepared
-                    && !self.prepared.contains_key(statement.sql)
-                    && !missing.iter().any(|known| known.sql == statement.sql)
-                {
-                    missing.push(statement);
+        {
+            let known = self.prepared.lock().expect("not poisoned");
+            for step in steps {
+                if let Step::Query(statement) | Step::Execute(statement) = step {
+                    if statement.prepared
+                        && !known.contains_key(statement.sql)
+                        && !missing.iter().any(|listed| listed.sql == statement.sql)
+                    {
+                        missing.push(statement);
+                    }
                 }
             }
         }
         if missing.is_empty() {
             return Ok(());
         }
-        let client = &self.client;
+        let client = &*self.client;
         let types: Vec<Vec<tokio_postgres::types::Type>> = missing.iter().map(|statement| statement.types()).collect();
         let prepared = futures::future::join_all(
             missing.iter().zip(&types).map(|(statement, types)| client.prepare_typed(statement.sql, types)),
         )
         .await;
+        let mut known = self.prepared.lock().expect("not poisoned");
         for (statement, prepared) in missing.into_iter().zip(prepared) {
             let prepared = prepared.with_context(|| format!("prepare the statement to {}", statement.what))?;
-            self.prepared.insert(statement.sql, prepared);
+            known.insert(statement.sql, prepared);
         }
         Ok(())
     }

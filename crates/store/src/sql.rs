@@ -63,6 +63,7 @@ impl<'a> Statement<'a> {
 pub enum Param<'a> {
     Int8(i64),
     Text(&'a str),
+    Bytea(&'a [u8]),
     Int4s(Vec<i32>),
     Int8s(Vec<i64>),
     Bools(Vec<bool>),
@@ -88,6 +89,7 @@ impl Param<'_> {
         match self {
             Param::Int8(_) => Type::INT8,
             Param::Text(_) => Type::TEXT,
+            Param::Bytea(_) => Type::BYTEA,
             Param::Int4s(_) => Type::INT4_ARRAY,
             Param::Int8s(_) => Type::INT8_ARRAY,
             Param::Bools(_) => Type::BOOL_ARRAY,
@@ -106,6 +108,7 @@ impl Param<'_> {
         match self {
             Param::Int8(value) => query.bind(*value),
             Param::Text(value) => query.bind(*value),
+            Param::Bytea(value) => query.bind(*value),
             Param::Int4s(values) => query.bind(values),
             Param::Int8s(values) => query.bind(values),
             Param::Bools(values) => query.bind(values),
@@ -131,6 +134,7 @@ impl ToSql for Param<'_> {
         match self {
             Param::Int8(value) => value.to_sql(ty, out),
             Param::Text(value) => value.to_sql(ty, out),
+            Param::Bytea(value) => value.to_sql(ty, out),
             Param::Int4s(values) => values.to_sql(ty, out),
             Param::Int8s(values) => values.to_sql(ty, out),
             Param::Bools(values) => values.to_sql(ty, out),

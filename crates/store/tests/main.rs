@@ -6,6 +6,7 @@ mod append;
 mod blobs;
 mod guard;
 mod pool;
+mod speculative;
 mod subscribe;
 mod support;
 mod tamper;

@@ -78,6 +78,11 @@ pub async fn run(pool: &PgPool, duration: Duration, concurrency: usize) -> anyho
     };
     enqueue.print(Some(raw.per_second()));
     println!("  non-201 answers: {failures}");
+    let stats = app.store().stats();
+    println!(
+        "  append batches: {} through the pipeline ({} of them speculative, {} missed and read), {} step by step",
+        stats.pipelined_batches, stats.speculative_batches, stats.speculative_misses, stats.stepwise_batches
+    );
 
     let task_ids = Arc::new(task_ids.lock().expect("not poisoned").clone());
     anyhow::ensure!(!task_ids.is_empty(), "no task was enqueued");

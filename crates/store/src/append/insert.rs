@@ -43,6 +43,17 @@ pub(super) fn lock_and_read(commands: &[NewCommand]) -> Statement<'_> {
     )
 }
 
+/// Takes the append lock and fails the transaction unless the log's head is at `position` with `hash`: the first
+/// statement of a speculative batch, checked against what the appender remembers instead of a read
+/// (migrations/0008_append_lock_at_head.sql).
+pub(super) fn lock_at_head(position: i64, hash: &[u8]) -> Statement<'_> {
+    Statement::prepared(
+        "take the append lock at the expected head",
+        "select append_lock_at_head($1, $2, $3)",
+        vec![Param::Int8(APPEND_LOCK_KEY), Param::Int8(position), Param::Bytea(hash)],
+    )
+}
+
 /// One row of [`lock_and_read`]'s answer, whichever driver read it.
 pub(super) struct ReadRow {
     pub what: String,

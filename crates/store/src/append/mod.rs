@@ -121,8 +121,15 @@ pub trait InlineProjector: Send + Sync + 'static {
 /// How the batching task has appended its batches since the store started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AppendStats {
-    /// Batches appended in two pipelined round trips, read models included.
+    /// Batches appended through the pipeline, read models included: in two round trips, or in one sent without
+    /// waiting (`speculative_batches`).
     pub pipelined_batches: u64,
+    /// Of those, the batches checked against what the appender remembered of the log instead of a read under the
+    /// lock, and sent while the batch before them was still being answered (docs/adr/0009-speculative-appends.md).
+    pub speculative_batches: u64,
+    /// Speculative batches that did not commit (another appender wrote, a batch before them failed, or what the
+    /// appender remembered was wrong), each appended again after a read: not counted above.
+    pub speculative_misses: u64,
     /// Batches appended a statement at a time (a read model was behind or busy, the pipeline failed, or the
     /// previous batch went this way and read models may still be behind).
     pub stepwise_batches: u64,
@@ -131,6 +138,8 @@ pub struct AppendStats {
 #[derive(Debug, Default)]
 struct AppendCounters {
     pipelined_batches: AtomicU64,
+    speculative_batches: AtomicU64,
+    speculative_misses: AtomicU64,
     stepwise_batches: AtomicU64,
 }
 
@@ -191,6 +200,8 @@ impl EventStore {
                         options,
                         pipelined: None,
                         pipelining: true,
+                        known: None,
+                        pause_speculation: 0,
                         inline,
                         counters: appender_counters,
                     };
@@ -225,6 +236,8 @@ impl EventStore {
     pub fn stats(&self) -> AppendStats {
         AppendStats {
             pipelined_batches: self.counters.pipelined_batches.load(Ordering::Relaxed),
+            speculative_batches: self.counters.speculative_batches.load(Ordering::Relaxed),
+            speculative_misses: self.counters.speculative_misses.load(Ordering::Relaxed),
             stepwise_batches: self.counters.stepwise_batches.load(Ordering::Relaxed),
         }
     }
@@ -253,21 +266,197 @@ struct Appender {
     /// behind, say), until a batch appended step by step has applied every read model again: until then read
     /// models may be behind, and only the stepwise path catches them up.
     pipelining: bool,
+    /// The log as the last batch sent through the pipeline leaves it (that batch may still be on its way): its head,
+    /// and the versions and claims of the streams and keys batches touched since the last read. True for as long
+    /// as no other appender writes and that batch commits; `None` until a read after anything else.
+    known: Option<LogState>,
+    /// How many more batches go through a read before the next speculative one, after one that missed.
+    pause_speculation: u32,
     inline: Option<Arc<dyn InlineProjector>>,
     counters: Arc<AppendCounters>,
 }
 
+/// The most batches sent through the pipeline and not yet answered: one being answered, one queued behind it.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// How many streams (and as many claims) the appender remembers; past that it forgets them all and reads again.
+const REMEMBERED_STREAMS: usize = 65_536;
+
+/// How many batches go through a read after a speculative batch missed (another appender wrote, most likely).
+const BATCHES_READ_AFTER_A_MISS: u32 = 16;
+
+type Reply = oneshot::Sender<Result<Appended, AppendError>>;
+
+/// A speculative batch sent through the pipeline; its callers are answered when it, and every batch before it,
+/// has been.
+struct InFlight {
+    replies: Vec<Reply>,
+    /// Whether it sent any event (a batch whose every command was refused sends nothing).
+    sent_events: bool,
+    /// The batch's slots back, and whether its transaction committed.
+    outcome: tokio::task::JoinHandle<(Vec<Slot>, anyhow::Result<()>)>,
+}
+
 impl Appender {
+    /// Appends what callers queue until every sender is gone: while a speculative batch is on its way, the next
+    /// one is checked and sent behind it, so the server goes from one batch's commit to the next batch's insert
+    /// without waiting for a round trip or for the appender.
     async fn run(mut self, mut receiver: mpsc::Receiver<Pending>) {
-        let mut waiting = Vec::with_capacity(MAX_COMMANDS_PER_BATCH);
-        while receiver.recv_many(&mut waiting, MAX_COMMANDS_PER_BATCH).await > 0 {
-            let (commands, replies): (Vec<_>, Vec<_>) =
-                waiting.drain(..).map(|pending| (pending.command, pending.reply)).unzip();
-            let results = self.append(commands).await;
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A caller that gave up waiting is not an error: its events are committed either way.
-                let _ = reply.send(result);
+        let mut waiting: Vec<Pending> = Vec::with_capacity(MAX_COMMANDS_PER_BATCH);
+        let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
+        let mut open = true;
+        loop {
+            let idle = in_flight.is_empty() && waiting.is_empty();
+            if idle && (!open || receiver.recv_many(&mut waiting, MAX_COMMANDS_PER_BATCH).await == 0) {
+                return;
             }
+            while open && waiting.len() < MAX_COMMANDS_PER_BATCH {
+                match receiver.try_recv() {
+                    Ok(pending) => waiting.push(pending),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            if !waiting.is_empty() && in_flight.len() < BATCHES_IN_FLIGHT {
+                if let Some(flight) = self.send_speculatively(&mut waiting).await {
+                    in_flight.push_back(flight);
+                    continue;
+                }
+                if in_flight.is_empty() {
+                    let (commands, replies) = waiting.drain(..).map(|pending| (pending.command, pending.reply)).unzip();
+                    let results = self.append(commands).await;
+                    answer(replies, results);
+                    continue;
+                }
+            }
+            // Wait for the oldest batch on its way to be answered, or (with room for another behind it and nothing
+            // waiting) for a command to send behind it.
+            let can_send_more =
+                open && waiting.is_empty() && in_flight.len() < BATCHES_IN_FLIGHT && self.known.is_some();
+            let oldest = in_flight.front_mut().expect("a batch in flight");
+            tokio::select! {
+                biased;
+                outcome = &mut oldest.outcome => {
+                    let flight = in_flight.pop_front().expect("the oldest batch");
+                    self.settle(flight.replies, outcome, &mut in_flight).await;
+                }
+                received = receiver.recv(), if can_send_more => match received {
+                    Some(pending) => waiting.push(pending),
+                    None => open = false,
+                },
+            }
+        }
+    }
+
+    /// Checks `waiting` against what the appender remembers of the log and sends it through the pipeline, behind
+    /// any batch still on its way, without waiting for its answer; `None` (and `waiting` untouched) when the batch
+    /// must be checked against a read instead: nothing is remembered, or a command expects a version of a stream
+    /// the appender does not know. What it assumes without reading (a stream it does not know is new, a key it does
+    /// not know is free, the head is where its last batch left it) the transaction checks: its first statement
+    /// fails unless the head is as expected, and a wrong version or a taken key collides with a unique constraint.
+    async fn send_speculatively(&mut self, waiting: &mut Vec<Pending>) -> Option<InFlight> {
+        if !self.pipelining {
+            return None;
+        }
+        if self.pause_speculation > 0 {
+            self.pause_speculation -= 1;
+            return None;
+        }
+        let connection = self.pipelined.as_ref().filter(|connection| !connection.is_closed())?.clone();
+        let known = self.known.as_ref()?;
+        let unknown_expectation = waiting.iter().any(|pending| {
+            pending.command.expected.iter().any(|(stream, expected)| {
+                matches!(expected, ExpectedVersion::Exactly(version) if *version != 0)
+                    && !known.versions.contains_key(&(stream.kind.as_str().to_owned(), stream.id.clone()))
+            })
+        });
+        if unknown_expectation {
+            return None;
+        }
+        let known = self.known.take().expect("checked above");
+        let head = (known.head_position, known.head_hash.clone());
+        let (commands, replies): (Vec<_>, Vec<_>) =
+            waiting.drain(..).map(|pending| (pending.command, pending.reply)).unzip();
+        let (mut slots, blobs, after) = record_batch(commands, known);
+        let (events, counts) = take_events(&mut slots);
+        let sent_events = !events.is_empty();
+        let head_position = after.head_position;
+        let inline = self.inline.clone();
+        let (sent, fully_sent) = oneshot::channel();
+        let outcome = tokio::spawn(async move {
+            let written = if events.is_empty() {
+                let _ = sent.send(true);
+                Ok(())
+            } else {
+                let at_head = Some((head.0, head.1.as_slice()));
+                write_pipelined(&connection, inline.as_deref(), at_head, &events, &blobs, head_position, |all| {
+                    let _ = sent.send(all);
+                })
+                .await
+            };
+            give_back_events(&mut slots, events, &counts, inline.is_some());
+            (slots, written)
+        });
+        // Until the batch has gone out whole, nothing else may be sent: a transaction left open would take it in.
+        self.known = fully_sent.await.unwrap_or(false).then(|| forget_if_too_many(after));
+        Some(InFlight { replies, sent_events, outcome })
+    }
+
+    /// Answers the callers of a speculative batch once it has been answered. If it failed, nothing of it committed,
+    /// and none of the batches sent behind it can have (each first checks the head this one would have left): they
+    /// are all appended again, in order, each after a read.
+    async fn settle(
+        &mut self,
+        replies: Vec<Reply>,
+        outcome: Result<(Vec<Slot>, anyhow::Result<()>), tokio::task::JoinError>,
+        in_flight: &mut std::collections::VecDeque<InFlight>,
+    ) {
+        let (slots, written) = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // Its callers are told the append task dropped their commands; what it did is unknown to them.
+                tracing::error!("a speculative append batch panicked: {error}");
+                (Vec::new(), Err(anyhow::anyhow!("the batch's task panicked")))
+            }
+        };
+        let error = match written {
+            Ok(()) => {
+                self.counters.pipelined_batches.fetch_add(1, Ordering::Relaxed);
+                self.counters.speculative_batches.fetch_add(1, Ordering::Relaxed);
+                answer(replies, slots.into_iter().map(Slot::into_result).collect());
+                return;
+            }
+            Err(error) => error,
+        };
+        tracing::debug!("a speculative batch missed, appending it again after a read: {error:#}");
+        self.known = None;
+        self.pause_speculation = BATCHES_READ_AFTER_A_MISS;
+        if let Some(connection) = &self.pipelined {
+            connection.rollback().await;
+        }
+        self.counters.speculative_misses.fetch_add(1, Ordering::Relaxed);
+        let mut again = vec![(slots, replies)];
+        while let Some(later) = in_flight.pop_front() {
+            match later.outcome.await {
+                Ok((slots, Ok(()))) if later.sent_events => {
+                    // Committed after all: what it was checked against was true.
+                    self.counters.pipelined_batches.fetch_add(1, Ordering::Relaxed);
+                    self.counters.speculative_batches.fetch_add(1, Ordering::Relaxed);
+                    answer(later.replies, slots.into_iter().map(Slot::into_result).collect());
+                }
+                Ok((slots, _)) => {
+                    self.counters.speculative_misses.fetch_add(1, Ordering::Relaxed);
+                    again.push((slots, later.replies));
+                }
+                Err(error) => tracing::error!("a speculative append batch panicked: {error}"),
+            }
+        }
+        if let Some(connection) = &self.pipelined {
+            connection.rollback().await;
+        }
+        for (slots, replies) in again {
+            let results = self.append(slots.into_iter().map(Slot::into_command).collect()).await;
+            answer(replies, results);
         }
     }
 
@@ -290,6 +479,7 @@ impl Appender {
         } else {
             commands
         };
+        self.known = None;
         self.counters.stepwise_batches.fetch_add(1, Ordering::Relaxed);
         let inline = self.inline.as_deref();
         match append_in_own_transaction(&self.stepwise, inline, commands).await {
@@ -307,19 +497,21 @@ impl Appender {
 
     /// A batch in two round trips on the pipelined connection: `begin` and the locked read; then the insert, the
     /// read models' statements ([`InlineProjector::pipelined_statements`]) and `commit`, sent together. If anything
-    /// fails, nothing of the batch is committed and its commands are given back.
+    /// fails, nothing of the batch is committed and its commands are given back. What it read, with what the
+    /// appender remembered if the head is where it left it, is remembered for the speculative batches after it.
     async fn append_pipelined(
         &mut self,
         commands: Vec<NewCommand>,
     ) -> Result<Vec<Result<Appended, AppendError>>, Failed> {
+        let remembered = self.known.take();
         if self.pipelined.as_ref().is_none_or(PipelinedConnection::is_closed) {
             match PipelinedConnection::connect(&self.options).await {
                 Ok(connection) => self.pipelined = Some(connection),
                 Err(error) => return Err(Failed { error, commands }),
             }
         }
-        let connection = self.pipelined.as_mut().expect("connected above");
-        let state = {
+        let connection = self.pipelined.as_ref().expect("connected above");
+        let mut state = {
             let read = insert::lock_and_read(&commands);
             let answers = connection.run(&[Step::Simple("begin"), Step::Query(&read)]).await;
             match answers.and_then(pipelined_log_state) {
@@ -330,18 +522,49 @@ impl Appender {
                 }
             }
         };
-        let (mut slots, blobs, head_position) = record_batch(commands, state);
+        if let Some(remembered) = remembered {
+            if remembered.head_position == state.head_position && remembered.head_hash == state.head_hash {
+                for (stream, version) in remembered.versions {
+                    state.versions.entry(stream).or_insert(version);
+                }
+                for (key, owner) in remembered.claims {
+                    state.claims.entry(key).or_insert(owner);
+                }
+            }
+        }
+        let (mut slots, blobs, after) = record_batch(commands, state);
         let (events, counts) = take_events(&mut slots);
-        let written = write_pipelined(connection, self.inline.as_deref(), &events, &blobs, head_position).await;
+        let written =
+            write_pipelined(connection, self.inline.as_deref(), None, &events, &blobs, after.head_position, |_| ())
+                .await;
         give_back_events(&mut slots, events, &counts, self.inline.is_some());
         match written {
-            Ok(()) => Ok(slots.into_iter().map(Slot::into_result).collect()),
+            Ok(()) => {
+                self.known = Some(forget_if_too_many(after));
+                Ok(slots.into_iter().map(Slot::into_result).collect())
+            }
             Err(error) => {
                 connection.rollback().await;
                 Err(Failed { error, commands: slots.into_iter().map(Slot::into_command).collect() })
             }
         }
     }
+}
+
+/// Answers each caller; a caller that gave up waiting is not an error: its events are committed either way.
+fn answer(replies: Vec<Reply>, results: Vec<Result<Appended, AppendError>>) {
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result);
+    }
+}
+
+/// `state` with its streams and claims forgotten if it remembers too many (the head is kept).
+fn forget_if_too_many(mut state: LogState) -> LogState {
+    if state.versions.len() > REMEMBERED_STREAMS || state.claims.len() > REMEMBERED_STREAMS {
+        state.versions.clear();
+        state.claims.clear();
+    }
+    state
 }
 
 /// The log's state from the locked read's rows, whichever driver read them (both row types have `try_get(name)`;
@@ -377,15 +600,19 @@ fn pipelined_log_state(answers: Vec<Result<Answer, tokio_postgres::Error>>) -> a
     log_state_of!(rows, tokio_postgres::Error)
 }
 
-/// The pipeline's second flight: the insert (if any command passed its checks), the read models' statements and
-/// `commit`. Any failure means nothing committed: a failed statement aborts the transaction, and the `commit`
-/// behind it then rolls back.
+/// The insert (if any command passed its checks), the read models' statements and `commit`, as one flight: the
+/// second of a batch after a read, or (with `at_head`, the head it was checked against) the whole of a speculative
+/// batch, opened by `begin` and the lock taken at that head. `sent` is told whether the whole flight went out. Any
+/// failure means nothing committed: a failed statement aborts the transaction, and the `commit` behind it then
+/// rolls back.
 async fn write_pipelined(
-    connection: &mut PipelinedConnection,
+    connection: &PipelinedConnection,
     inline: Option<&dyn InlineProjector>,
+    at_head: Option<(i64, &[u8])>,
     events: &[RecordedEvent],
     blobs: &[(NewBlob, i64)],
     head_position: i64,
+    sent: impl FnOnce(bool),
 ) -> anyhow::Result<()> {
     let mut rows = InsertColumns::default();
     for event in events {
@@ -394,16 +621,29 @@ async fn write_pipelined(
     for (blob, position) in blobs {
         rows.push_blob(blob, *position);
     }
+    let lock = at_head.map(|(position, hash)| insert::lock_at_head(position, hash));
     let insert = (!rows.is_empty()).then(|| rows.into_statement(head_position));
     let read_models = match inline {
-        Some(inline) if !events.is_empty() => {
-            inline.pipelined_statements(events)?.context("the batch's read models cannot be applied in the pipeline")?
-        }
+        Some(inline) if !events.is_empty() => match inline.pipelined_statements(events) {
+            Ok(Some(statements)) => statements,
+            Ok(None) => {
+                sent(false);
+                anyhow::bail!("the batch's read models cannot be applied in the pipeline");
+            }
+            Err(error) => {
+                sent(false);
+                return Err(error);
+            }
+        },
         _ => Vec::new(),
     };
-    let mut steps: Vec<Step<'_, '_>> = insert.iter().chain(&read_models).map(Step::Execute).collect();
+    let mut steps: Vec<Step<'_, '_>> = Vec::with_capacity(read_models.len() + 4);
+    if lock.is_some() {
+        steps.push(Step::Simple("begin"));
+    }
+    steps.extend(lock.iter().chain(&insert).chain(&read_models).map(Step::Execute));
     steps.push(Step::Simple("commit"));
-    let answers = connection.run(&steps).await?;
+    let answers = connection.run_telling_when_sent(&steps, sent).await?;
     for (step, answer) in steps.iter().zip(answers) {
         answer.with_context(|| format!("append pipelined: {}", step.what()))?;
     }
@@ -699,7 +939,8 @@ async fn append_slots(conn: &mut PgConnection, commands: Vec<NewCommand>) -> Res
         Ok(state) => state,
         Err(error) => return Err(Failed { error, commands }),
     };
-    let (slots, blobs, head_position) = record_batch(commands, state);
+    let (slots, blobs, after) = record_batch(commands, state);
+    let head_position = after.head_position;
     let mut rows_to_insert = InsertColumns::default();
     for slot in &slots {
         if let Slot::Appended { appended, .. } = slot {
@@ -735,8 +976,8 @@ async fn read_under_lock(conn: &mut PgConnection, commands: &[NewCommand]) -> an
 
 /// Checks each command against the log and the batch's earlier commands and makes the records of those that
 /// pass (positions, stream versions, hashes); returns the slots, the blobs to store (each once, with the position
-/// of the first event of the command that carried it) and the batch's last position.
-fn record_batch(commands: Vec<NewCommand>, state: LogState) -> (Vec<Slot>, Vec<(NewBlob, i64)>, i64) {
+/// of the first event of the command that carried it) and the log as the batch leaves it.
+fn record_batch(commands: Vec<NewCommand>, state: LogState) -> (Vec<Slot>, Vec<(NewBlob, i64)>, LogState) {
     let LogState { mut head_position, mut head_hash, mut versions, mut claims } = state;
     let ts = now_micros();
     let mut results = Vec::with_capacity(commands.len());
@@ -807,7 +1048,7 @@ fn record_batch(commands: Vec<NewCommand>, state: LogState) -> (Vec<Slot>, Vec<(
             }
         }
     }
-    (results, blobs, head_position)
+    (results, blobs, LogState { head_position, head_hash, versions, claims })
 }
 
 /// Checks one command against the versions and claims as they stand, including earlier commands of the batch.

@@ -3,9 +3,8 @@
 -- per event the contract does not ignore, in log order: $1 a number for the event's object (its kind and id) in
 -- this batch, $2 the event's step on that object (1, 2, ... in log order), $3 whether it is the object's last in
 -- the batch, $4 the stream's kind, $5 its id, $6 'create', 'update' or 'link', $7 `payload.object` (create) or
--- `payload.changes` (update; an object), or null to take it from the event's row of `audit_log` (an inline append,
--- whose events are stored as given earlier in its transaction: `Documents::InTheLog`), $8 the event's position,
--- $9 its ts (link), $10 and $11 the linked kind and id (link; only the six pairs with a link table).
+-- `payload.changes` (update; an object), $8 the event's position, $9 its ts (link), $10 and $11 the linked kind and
+-- id (link; only the six pairs with a link table).
 --
 -- Why it equals the per-event fold: each single-row statement reads and writes only its own object's row (and,
 -- for a link, its own link-table row), so events on different objects commute and only each object's own order
@@ -19,13 +18,7 @@
 -- list field, which no filter column reads), so that is what they hold after the last event too. A link-table row
 -- depends on no document: the first link of each pair is inserted, `on conflict do nothing` as one by one.
 with recursive op as materialized (
-    select o.key, o.step, o.last, o.kind, o.id, o.op,
-           case
-               when o.value is not null or o.op = 'link' then o.value
-               else (select l.payload -> case o.op when 'create' then 'object' else 'changes' end
-                       from audit_log l where l.position = o.position)
-           end as value,
-           o.position, o.ts, o.linked_kind, o.linked_id, o.ord,
+    select o.*,
            -- A link's list field in the owner's document, and the ref it appends (as a one-element array).
            case
                when o.kind = 'Issue' and o.linked_kind = 'ContextPacket' then 'context_packets'

@@ -30,7 +30,7 @@ use store::sql::{Param, Statement};
 use store::RecordedEvent;
 
 use crate::rebuild::InMemoryFold;
-use crate::{Documents, Projection};
+use crate::Projection;
 
 /// Folds CWOM streams into the `cwom_*` tables.
 pub struct CwomProjection;
@@ -166,15 +166,11 @@ impl Projection for CwomProjection {
 
     /// Set-based: the whole batch in one statement (`apply_batch.sql`, whose header argues why the rows equal
     /// applying the events one by one with [`CwomProjection::apply`]), however long the batch.
-    fn batch_statements<'e>(
-        &self,
-        events: &'e [RecordedEvent],
-        documents: Documents,
-    ) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
+    fn batch_statements<'e>(&self, events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
         let mut batch = Batch::default();
         for event in events {
             if let Some(op) = op_of(event) {
-                batch.push(event, op, documents);
+                batch.push(event, op);
             }
         }
         if batch.positions.is_empty() {
@@ -207,7 +203,7 @@ impl Projection for CwomProjection {
     async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let position = |event: Option<&RecordedEvent>| event.map_or(0, |event| event.position);
         let (first, last) = (position(events.first()), position(events.last()));
-        crate::execute_all(conn, self.batch_statements(events, Documents::Sent)?)
+        crate::execute_all(conn, self.batch_statements(events)?)
             .await
             .with_context(|| format!("apply the CWOM events at positions {first}..={last} as one batch"))
     }
@@ -279,8 +275,7 @@ struct Batch<'e> {
 }
 
 impl<'e> Batch<'e> {
-    /// Adds an event; its object or changes go in `values` only if `documents` says they are sent.
-    fn push(&mut self, event: &'e RecordedEvent, op: Op<'e>, documents: Documents) {
+    fn push(&mut self, event: &'e RecordedEvent, op: Op<'e>) {
         let index = self.keys.len();
         let n_objects = self.objects.len() as i32;
         let (key, step, latest) =
@@ -301,7 +296,7 @@ impl<'e> Batch<'e> {
             }
         };
         self.ops.push(op);
-        self.values.push(value.filter(|_| documents == Documents::Sent));
+        self.values.push(value);
         self.ts.push(ts);
         self.linked_kinds.push(linked.map(|(kind, _)| kind));
         self.linked_ids.push(linked.map(|(_, id)| id));

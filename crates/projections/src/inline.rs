@@ -20,7 +20,7 @@ use sqlx::{PgConnection, Row};
 use store::sql::{Param, Statement};
 use store::{RecordedEvent, Upcasters};
 
-use crate::{Documents, Projection};
+use crate::Projection;
 
 /// How far behind the batch a read model may be and still be applied inline: the positions it missed are read
 /// and applied first, under the append lock, so this bounds that read.
@@ -63,7 +63,7 @@ impl store::InlineProjector for InlineProjections {
             ],
         )];
         for projection in &self.projections {
-            match projection.batch_statements(events, Documents::InTheLog)? {
+            match projection.batch_statements(events)? {
                 Some(own) => statements.extend(own),
                 None => return Ok(None),
             }

@@ -53,15 +53,10 @@ pub trait Projection: Send + Sync + 'static {
     }
 
     /// The statements that apply a batch as [`Projection::apply_batch`] does, when it applies batches that way:
-    /// computed from the events alone (nothing read first), for the same batches `apply_batch` takes, taking the
-    /// documents the events carry from where `documents` says. Inline appends send them in the append's pipeline
-    /// ([`store::InlineProjector::pipelined_statements`]); a projection whose `apply_batch` needs more (the
-    /// default: `None`) is applied inline a statement at a time.
-    fn batch_statements<'e>(
-        &self,
-        _events: &'e [RecordedEvent],
-        _documents: Documents,
-    ) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
+    /// computed from the events alone (nothing read first), for the same batches `apply_batch` takes. Inline
+    /// appends send them in the append's pipeline ([`store::InlineProjector::pipelined_statements`]); a projection
+    /// whose `apply_batch` needs more (the default: `None`) is applied inline a statement at a time.
+    fn batch_statements<'e>(&self, _events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
         Ok(None)
     }
 
@@ -100,18 +95,6 @@ pub trait Projection: Send + Sync + 'static {
     fn settle(&self) -> std::time::Duration {
         std::time::Duration::ZERO
     }
-}
-
-/// Where the statements of [`Projection::batch_statements`] take the documents the events carry (a created
-/// object, an update's changes) from. Either way they write the same rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Documents {
-    /// Sent with the statements, from the events as given (read from the log and upcast, say).
-    Sent,
-    /// Read from each event's row of `audit_log` by position: the events were inserted exactly as given earlier in
-    /// the same transaction (an inline append, none of them changed by an upcaster), so each document is sent and
-    /// parsed once, with its event, rather than twice.
-    InTheLog,
 }
 
 /// Runs a projection's [`Projection::batch_statements`] on `conn`, one after the other: its `apply_batch`.

@@ -18,7 +18,7 @@ use sqlx::{PgConnection, Row as _};
 use store::sql::{Param, Statement};
 use store::RecordedEvent;
 
-use crate::{Documents, Projection};
+use crate::Projection;
 
 /// Folds task events into `task_queue`.
 pub struct QueueProjection;
@@ -89,11 +89,7 @@ impl Projection for QueueProjection {
     }
 
     /// Set-based: each task's rows after the batch, written with at most three statements.
-    fn batch_statements<'e>(
-        &self,
-        events: &'e [RecordedEvent],
-        _documents: Documents,
-    ) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
+    fn batch_statements<'e>(&self, events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
         #[derive(Default)]
         struct Pending {
             enqueued: bool,
@@ -147,7 +143,7 @@ impl Projection for QueueProjection {
     }
 
     async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
-        crate::execute_all(conn, self.batch_statements(events, Documents::Sent)?).await
+        crate::execute_all(conn, self.batch_statements(events)?).await
     }
 }
 

@@ -13,7 +13,7 @@ use sqlx::{PgConnection, PgExecutor};
 use store::sql::{Param, Statement};
 use store::RecordedEvent;
 
-use crate::{Documents, Projection};
+use crate::Projection;
 
 /// Folds task events into `tasks`.
 pub struct TasksProjection;
@@ -50,13 +50,8 @@ impl Projection for TasksProjection {
 
     /// Set-based: the batch's new tasks inserted with their later changes already merged in, and the other
     /// tasks' changes merged per task, in two statements. Same rows as applying the events one by one.
-    fn batch_statements<'e>(
-        &self,
-        events: &'e [RecordedEvent],
-        documents: Documents,
-    ) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
-        // Each new task: its TaskCreated document and position, and the batch's later changes to it.
-        let mut created: Vec<(String, &'e Value, i64, Map<String, Value>)> = Vec::new();
+    fn batch_statements<'e>(&self, events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
+        let mut created: Vec<(String, Value, i64)> = Vec::new();
         let mut created_index: HashMap<&str, usize> = HashMap::new();
         let mut changed: Vec<(String, Map<String, Value>)> = Vec::new();
         let mut changed_index: HashMap<&str, usize> = HashMap::new();
@@ -68,14 +63,13 @@ impl Projection for TasksProjection {
             if event.event_type == events::TASK_CREATED {
                 if !created_index.contains_key(task_id) && !changed_index.contains_key(task_id) {
                     created_index.insert(task_id, created.len());
-                    created.push((task_id.to_owned(), &event.payload["task"], event.position, Map::new()));
+                    created.push((task_id.to_owned(), event.payload["task"].clone(), event.position));
                 }
                 continue;
             }
             let Some(Value::Object(changes)) = changes_of(event)? else { continue };
             let target = match created_index.get(task_id) {
-                // Changes to a document that is not an object are dropped, as `apply` drops them.
-                Some(&index) => created[index].1.is_object().then_some(&mut created[index].3),
+                Some(&index) => created[index].1.as_object_mut(),
                 None => {
                     let index = *changed_index.entry(task_id).or_insert_with(|| {
                         changed.push((task_id.to_owned(), Map::new()));
@@ -90,35 +84,17 @@ impl Projection for TasksProjection {
         }
         let mut statements = Vec::new();
         if !created.is_empty() {
-            let mut ids = Vec::with_capacity(created.len());
-            let mut sent = Vec::with_capacity(created.len());
-            let mut positions = Vec::with_capacity(created.len());
-            let mut later_changes = Vec::with_capacity(created.len());
-            for (id, document, position, changes) in created {
-                ids.push(id);
-                positions.push(position);
-                // Only an object document is merged in the database (`||` would append to an array).
-                if documents == Documents::InTheLog && document.is_object() {
-                    sent.push(None);
-                    later_changes.push(Some(Value::Object(changes)));
-                } else {
-                    let mut document = document.clone();
-                    if let Some(fields) = document.as_object_mut() {
-                        fields.extend(changes);
-                    }
-                    sent.push(Some(document));
-                    later_changes.push(None);
-                }
-            }
+            let (ids, documents, positions): (Vec<String>, Vec<Value>, Vec<i64>) =
+                created.into_iter().fold((Vec::new(), Vec::new(), Vec::new()), |mut columns, (id, document, at)| {
+                    columns.0.push(id);
+                    columns.1.push(document);
+                    columns.2.push(at);
+                    columns
+                });
             statements.push(Statement::prepared(
                 "insert tasks",
                 include_str!("../../../projections/tasks/insert_tasks.sql"),
-                vec![
-                    Param::OwnedTexts(ids),
-                    Param::OptionalOwnedJsonbs(sent),
-                    Param::Int8s(positions),
-                    Param::OptionalOwnedJsonbs(later_changes),
-                ],
+                vec![Param::OwnedTexts(ids), Param::OwnedJsonbs(documents), Param::Int8s(positions)],
             ));
         }
         if !changed.is_empty() {
@@ -137,7 +113,7 @@ impl Projection for TasksProjection {
     }
 
     async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
-        crate::execute_all(conn, self.batch_statements(events, Documents::Sent)?).await
+        crate::execute_all(conn, self.batch_statements(events)?).await
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {

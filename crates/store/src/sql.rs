@@ -76,7 +76,6 @@ pub enum Param<'a> {
     Jsonbs(Vec<&'a Value>),
     OptionalJsonbs(Vec<Option<&'a Value>>),
     OwnedJsonbs(Vec<Value>),
-    OptionalOwnedJsonbs(Vec<Option<Value>>),
     /// Lists of strings, each as a `jsonb` array (`jsonb[]`): ragged lists in one parameter.
     StringListsAsJsonb(Vec<&'a [String]>),
     Byteas(Vec<&'a [u8]>),
@@ -98,11 +97,9 @@ impl Param<'_> {
                 Type::TEXT_ARRAY
             }
             Param::Timestamps(_) | Param::OptionalTimestamps(_) => Type::TIMESTAMPTZ_ARRAY,
-            Param::Jsonbs(_)
-            | Param::OptionalJsonbs(_)
-            | Param::OwnedJsonbs(_)
-            | Param::OptionalOwnedJsonbs(_)
-            | Param::StringListsAsJsonb(_) => Type::JSONB_ARRAY,
+            Param::Jsonbs(_) | Param::OptionalJsonbs(_) | Param::OwnedJsonbs(_) | Param::StringListsAsJsonb(_) => {
+                Type::JSONB_ARRAY
+            }
             Param::Byteas(_) => Type::BYTEA_ARRAY,
         }
     }
@@ -124,7 +121,6 @@ impl Param<'_> {
             Param::Jsonbs(values) => query.bind(values),
             Param::OptionalJsonbs(values) => query.bind(values),
             Param::OwnedJsonbs(values) => query.bind(values),
-            Param::OptionalOwnedJsonbs(values) => query.bind(values),
             Param::StringListsAsJsonb(values) => {
                 query.bind(values.iter().map(|list| sqlx::types::Json(*list)).collect::<Vec<_>>())
             }
@@ -151,7 +147,6 @@ impl ToSql for Param<'_> {
             Param::Jsonbs(values) => values.to_sql(ty, out),
             Param::OptionalJsonbs(values) => values.to_sql(ty, out),
             Param::OwnedJsonbs(values) => values.to_sql(ty, out),
-            Param::OptionalOwnedJsonbs(values) => values.to_sql(ty, out),
             Param::StringListsAsJsonb(values) => {
                 values.iter().map(|list| Json(*list)).collect::<Vec<_>>().to_sql(ty, out)
             }

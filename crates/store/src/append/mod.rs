@@ -420,30 +420,18 @@ impl Appender {
             }
         };
         let error = match written {
-            Ok(()) => {
-                self.counters.pipelined_batches.fetch_add(1, Ordering::Relaxed);
-                self.counters.speculative_batches.fetch_add(1, Ordering::Relaxed);
-                answer(replies, slots.into_iter().map(Slot::into_result).collect());
-                return;
-            }
+            Ok(()) => return self.answer_committed(replies, slots),
             Err(error) => error,
         };
         tracing::debug!("a speculative batch missed, appending it again after a read: {error:#}");
         self.known = None;
         self.pause_speculation = BATCHES_READ_AFTER_A_MISS;
-        if let Some(connection) = &self.pipelined {
-            connection.rollback().await;
-        }
         self.counters.speculative_misses.fetch_add(1, Ordering::Relaxed);
         let mut again = vec![(slots, replies)];
         while let Some(later) = in_flight.pop_front() {
             match later.outcome.await {
-                Ok((slots, Ok(()))) if later.sent_events => {
-                    // Committed after all: what it was checked against was true.
-                    self.counters.pipelined_batches.fetch_add(1, Ordering::Relaxed);
-                    self.counters.speculative_batches.fetch_add(1, Ordering::Relaxed);
-                    answer(later.replies, slots.into_iter().map(Slot::into_result).collect());
-                }
+                // Committed after all: what it was checked against was true.
+                Ok((slots, Ok(()))) if later.sent_events => self.answer_committed(later.replies, slots),
                 Ok((slots, _)) => {
                     self.counters.speculative_misses.fetch_add(1, Ordering::Relaxed);
                     again.push((slots, later.replies));
@@ -451,13 +439,21 @@ impl Appender {
                 Err(error) => tracing::error!("a speculative append batch panicked: {error}"),
             }
         }
+        // Every flight has been answered; a transaction one of them left open (not sent whole) ends here.
         if let Some(connection) = &self.pipelined {
             connection.rollback().await;
         }
-        for (slots, replies) in again {
+        for (slots, replies) in again.into_iter().filter(|(slots, _)| !slots.is_empty()) {
             let results = self.append(slots.into_iter().map(Slot::into_command).collect()).await;
             answer(replies, results);
         }
+    }
+
+    /// Answers the callers of a speculative batch that committed.
+    fn answer_committed(&self, replies: Vec<Reply>, slots: Vec<Slot>) {
+        self.counters.pipelined_batches.fetch_add(1, Ordering::Relaxed);
+        self.counters.speculative_batches.fetch_add(1, Ordering::Relaxed);
+        answer(replies, slots.into_iter().map(Slot::into_result).collect());
     }
 
     /// Appends one batch: through the pipeline if it can, else (or if that fails: nothing of it committed) a
@@ -624,18 +620,17 @@ async fn write_pipelined(
     let lock = at_head.map(|(position, hash)| insert::lock_at_head(position, hash));
     let insert = (!rows.is_empty()).then(|| rows.into_statement(head_position));
     let read_models = match inline {
-        Some(inline) if !events.is_empty() => match inline.pipelined_statements(events) {
-            Ok(Some(statements)) => statements,
-            Ok(None) => {
-                sent(false);
-                anyhow::bail!("the batch's read models cannot be applied in the pipeline");
-            }
-            Err(error) => {
-                sent(false);
-                return Err(error);
-            }
-        },
-        _ => Vec::new(),
+        Some(inline) if !events.is_empty() => inline
+            .pipelined_statements(events)
+            .and_then(|statements| statements.context("the batch's read models cannot be applied in the pipeline")),
+        _ => Ok(Vec::new()),
+    };
+    let read_models = match read_models {
+        Ok(statements) => statements,
+        Err(error) => {
+            sent(false);
+            return Err(error);
+        }
     };
     let mut steps: Vec<Step<'_, '_>> = Vec::with_capacity(read_models.len() + 4);
     if lock.is_some() {

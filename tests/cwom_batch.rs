@@ -1,7 +1,9 @@
 //! The `cwom` projection's set-based `apply_batch` against its reference, `apply` event by event: many seeded
 //! random event sequences (every kind, duplicate creates, several changes and links of one object in one batch,
 //! duplicate links, links to unknown kinds, events that do not fit the contract) folded both ways into schemas
-//! of their own, the batches of random sizes, and every `cwom_*` table compared row for row. The in-memory fold
+//! of their own, the batches of random sizes, and every `cwom_*` table compared row for row. Events carry their
+//! streams' real versions, so a batch folds both objects whose streams begin in it (inserted, folded in Rust) and
+//! objects continued from an earlier batch (the recursive fold of `apply_batch.sql`). The in-memory fold
 //! of rebuilds (`Projection::in_memory_fold`) is compared with `apply` the same way.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -44,13 +46,15 @@ struct Generator {
     position: i64,
     /// Few ids per kind, so that creates, changes and links of one object pile up.
     ids_per_kind: u32,
+    /// Each stream's version so far: a batch holding a stream's first event folds that object as new.
+    versions: std::collections::HashMap<StreamId, i32>,
 }
 
 impl Generator {
     fn new(seed: u64) -> Generator {
         let mut rng = StdRng::seed_from_u64(seed);
         let ids_per_kind = *[2, 3, 5, 12].choose(&mut rng).expect("a choice");
-        Generator { rng, position: 0, ids_per_kind }
+        Generator { rng, position: 0, ids_per_kind, versions: Default::default() }
     }
 
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
@@ -241,7 +245,12 @@ impl Generator {
             _ => (Action::Deleted, json!({})),
         };
         self.position += 1;
-        recorded(self.position, StreamId::new(kind, id), action, payload)
+        let stream = StreamId::new(kind, id);
+        let version = self.versions.entry(stream.clone()).or_default();
+        *version += 1;
+        let mut event = recorded(self.position, stream, action, payload);
+        event.stream_version = *version;
+        event
     }
 }
 
@@ -378,6 +387,9 @@ struct Coverage {
     links_to_unknown_kinds: usize,
     creates_without_object: usize,
     changes_not_an_object: usize,
+    /// Objects whose stream begins in a batch (folded in Rust) and objects continued from an earlier one.
+    objects_beginning_in_a_batch: usize,
+    objects_continued_in_a_batch: usize,
     rows_compared: usize,
 }
 
@@ -388,8 +400,10 @@ impl Coverage {
         let mut changes: HashMap<&StreamId, usize> = HashMap::new();
         let mut links: HashMap<&StreamId, usize> = HashMap::new();
         let mut pairs: HashMap<(&StreamId, String), usize> = HashMap::new();
+        let mut beginning: HashMap<&StreamId, bool> = HashMap::new();
         for event in batch {
             let stream = &event.stream;
+            *beginning.entry(stream).or_default() |= event.stream_version == 1;
             match event.action {
                 Action::Created => {
                     if event.payload.get("object").is_some_and(Value::is_object) && stream.kind != EntityKind::Task {
@@ -424,6 +438,8 @@ impl Coverage {
         self.changes_of_one_object += repeated(changes);
         self.links_of_one_owner += repeated(links);
         self.duplicate_links += repeated(pairs);
+        self.objects_beginning_in_a_batch += beginning.values().filter(|&&begins| begins).count();
+        self.objects_continued_in_a_batch += beginning.values().filter(|&&begins| !begins).count();
     }
 
     fn check(&self) {
@@ -436,6 +452,8 @@ impl Coverage {
             ("links to unknown kinds", self.links_to_unknown_kinds),
             ("creates without an object", self.creates_without_object),
             ("changes that are not an object", self.changes_not_an_object),
+            ("objects beginning in a batch", self.objects_beginning_in_a_batch),
+            ("objects continued from an earlier batch", self.objects_continued_in_a_batch),
         ] {
             assert!(n >= 20, "the sequences have too few {what}: {self:?}");
         }

@@ -166,15 +166,30 @@ impl Projection for CwomProjection {
 
     /// Set-based: the whole batch in one statement (`apply_batch.sql`, whose header argues why the rows equal
     /// applying the events one by one with [`CwomProjection::apply`]), however long the batch.
+    ///
+    /// Objects whose streams begin in the batch (their event at stream version 1 is in it) cannot have a row yet:
+    /// they are folded in Rust from nothing, as a rebuild folds them ([`in_memory`]), and written by plain inserts
+    /// (`insert_new_objects.sql`), a third cheaper than the recursive fold (every object of an enqueue is new).
+    /// Events on different objects commute (the header of `apply_batch.sql`), so the two statements give the rows
+    /// of folding the batch in order.
     fn batch_statements<'e>(&self, events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
+        let beginning: HashSet<(EntityKind, &str)> = events
+            .iter()
+            .filter(|event| event.stream_version == 1)
+            .map(|event| (event.stream.kind, event.stream.id.as_str()))
+            .collect();
+        let mut new_objects = in_memory::CwomInMemory::default();
         let mut batch = Batch::default();
         for event in events {
-            if let Some(op) = op_of(event) {
+            if beginning.contains(&(event.stream.kind, event.stream.id.as_str())) {
+                new_objects.fold_event(event);
+            } else if let Some(op) = op_of(event) {
                 batch.push(event, op);
             }
         }
+        let mut statements: Vec<Statement<'e>> = new_objects.insert_statement().into_iter().collect();
         if batch.positions.is_empty() {
-            return Ok(Some(Vec::new()));
+            return Ok(Some(statements));
         }
         batch.mark_last_steps();
         let sql = include_str!("../../../projections/cwom/apply_batch.sql");
@@ -193,11 +208,12 @@ impl Projection for CwomProjection {
             Param::OptionalTexts(batch.linked_kinds),
             Param::OptionalTexts(batch.linked_ids),
         ];
-        Ok(Some(vec![if prepared {
+        statements.push(if prepared {
             Statement::prepared(what, sql, params)
         } else {
             Statement::planned_each_time(what, sql, params)
-        }]))
+        });
+        Ok(Some(statements))
     }
 
     async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {

@@ -23,6 +23,7 @@ use domain::event::EntityKind;
 use serde_json::{json, Map, Value};
 use sqlx::postgres::PgCopyIn;
 use sqlx::{Executor as _, PgConnection};
+use store::sql::{Param, Statement};
 use store::RecordedEvent;
 
 use super::{op_of, Op};
@@ -108,49 +109,108 @@ enum Step {
     Link { linked_kind: EntityKind, linked_id: String },
 }
 
+impl CwomInMemory {
+    /// Folds one event into the objects and links so far (what [`InMemoryFold::fold`] does to each event).
+    pub(super) fn fold_event(&mut self, event: &RecordedEvent) {
+        let step = match op_of(event) {
+            None => return,
+            Some(Op::Create { .. }) => Step::Create,
+            Some(Op::Update { .. }) => Step::Update,
+            Some(Op::Link { linked_kind, linked_id, statement: _ }) => {
+                Step::Link { linked_kind, linked_id: linked_id.to_owned() }
+            }
+        };
+        let kind = event.stream.kind;
+        let key = (kind, event.stream.id.clone());
+        match step {
+            Step::Create => {
+                if let Entry::Vacant(vacant) = self.objects.entry(key) {
+                    // `op_of` found an object there.
+                    if let Some(Value::Object(document)) = event.payload.get("object") {
+                        let document = Document::created(kind, document);
+                        vacant.insert(Object { document, created_position: event.position });
+                    }
+                }
+            }
+            Step::Update => {
+                if let Some(object) = self.objects.get_mut(&key) {
+                    if let Some(Value::Object(changes)) = event.payload.get("changes") {
+                        object.document.tree().extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    }
+                }
+            }
+            Step::Link { linked_kind, linked_id } => {
+                if let (Some(list), Some(object)) =
+                    (domain::cwom::link_list(kind, linked_kind), self.objects.get_mut(&key))
+                {
+                    append_ref(object.document.tree(), list, linked_kind, &linked_id);
+                }
+                let (owner_kind, owner_id) = key;
+                self.links
+                    .entry(Link { owner_kind, owner_id, linked_kind, linked_id })
+                    .or_insert((event.ts, event.position));
+            }
+        }
+    }
+
+    /// The insert of every object and link folded (`insert_new_objects.sql`), or `None` when there are none.
+    /// Only for objects that have no row yet: those whose streams begin in the batch folded.
+    pub(super) fn insert_statement(self) -> Option<Statement<'static>> {
+        if self.objects.is_empty() && self.links.is_empty() {
+            return None;
+        }
+        let mut kinds = Vec::with_capacity(self.objects.len());
+        let mut ids = Vec::with_capacity(self.objects.len());
+        let mut positions = Vec::with_capacity(self.objects.len());
+        let mut documents = Vec::with_capacity(self.objects.len());
+        let mut objects: Vec<_> = self.objects.into_iter().collect();
+        objects.sort_unstable_by_key(|(_, object)| object.created_position);
+        for ((kind, id), object) in objects {
+            kinds.push(kind.as_str());
+            ids.push(id);
+            positions.push(object.created_position);
+            documents.push(object.document.json().into_owned());
+        }
+        let mut links: Vec<_> = self.links.into_iter().collect();
+        links.sort_unstable_by_key(|(_, (_, position))| *position);
+        let mut owner_kinds = Vec::with_capacity(links.len());
+        let mut owner_ids = Vec::with_capacity(links.len());
+        let mut linked_kinds = Vec::with_capacity(links.len());
+        let mut linked_ids = Vec::with_capacity(links.len());
+        let mut link_ts = Vec::with_capacity(links.len());
+        let mut link_positions = Vec::with_capacity(links.len());
+        for (link, (ts, position)) in links {
+            owner_kinds.push(link.owner_kind.as_str());
+            owner_ids.push(link.owner_id);
+            linked_kinds.push(link.linked_kind.as_str());
+            linked_ids.push(link.linked_id);
+            link_ts.push(ts);
+            link_positions.push(position);
+        }
+        Some(Statement::prepared(
+            "insert the CWOM objects whose streams begin in the batch",
+            include_str!("../../../../projections/cwom/insert_new_objects.sql"),
+            vec![
+                Param::Texts(kinds),
+                Param::OwnedTexts(ids),
+                Param::Int8s(positions),
+                Param::OwnedTexts(documents),
+                Param::Texts(owner_kinds),
+                Param::OwnedTexts(owner_ids),
+                Param::Texts(linked_kinds),
+                Param::OwnedTexts(linked_ids),
+                Param::Timestamps(link_ts),
+                Param::Int8s(link_positions),
+            ],
+        ))
+    }
+}
+
 #[async_trait]
 impl InMemoryFold for CwomInMemory {
     fn fold(&mut self, events: Vec<RecordedEvent>) {
-        for mut event in events {
-            let step = match op_of(&event) {
-                None => continue,
-                Some(Op::Create { .. }) => Step::Create,
-                Some(Op::Update { .. }) => Step::Update,
-                Some(Op::Link { linked_kind, linked_id, statement: _ }) => {
-                    Step::Link { linked_kind, linked_id: linked_id.to_owned() }
-                }
-            };
-            let kind = event.stream.kind;
-            let key = (kind, std::mem::take(&mut event.stream.id));
-            match step {
-                Step::Create => {
-                    if let Entry::Vacant(vacant) = self.objects.entry(key) {
-                        // `op_of` found an object there.
-                        if let Some(Value::Object(document)) = event.payload.get("object") {
-                            let document = Document::created(kind, document);
-                            vacant.insert(Object { document, created_position: event.position });
-                        }
-                    }
-                }
-                Step::Update => {
-                    if let Some(object) = self.objects.get_mut(&key) {
-                        if let Some(Value::Object(changes)) = event.payload.get_mut("changes").map(Value::take) {
-                            object.document.tree().extend(changes);
-                        }
-                    }
-                }
-                Step::Link { linked_kind, linked_id } => {
-                    if let (Some(list), Some(object)) =
-                        (domain::cwom::link_list(kind, linked_kind), self.objects.get_mut(&key))
-                    {
-                        append_ref(object.document.tree(), list, linked_kind, &linked_id);
-                    }
-                    let (owner_kind, owner_id) = key;
-                    self.links
-                        .entry(Link { owner_kind, owner_id, linked_kind, linked_id })
-                        .or_insert((event.ts, event.position));
-                }
-            }
+        for event in &events {
+            self.fold_event(event);
         }
     }
 

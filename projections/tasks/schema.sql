@@ -20,5 +20,5 @@ create index tasks_status_idx on tasks (status, created_position desc);
 create index tasks_operation_idx on tasks (operation, created_position desc);
 create index tasks_requester_kind_idx on tasks (requester_kind, created_position desc);
 create index tasks_target_repo_idx on tasks (target_repo, created_position desc);
-create index tasks_trace_id_idx on tasks (trace_id);
-create index tasks_cwom_issue_id_idx on tasks (cwom_issue_id);
+-- No index on trace_id or cwom_issue_id: nothing reads tasks by them (an auditor's trace is read from audit_log),
+-- and every insert and status change of a task would pay for them (version 3 dropped them).

@@ -21,7 +21,8 @@ pub struct TasksProjection;
 impl TasksProjection {
     pub const NAME: &'static str = "tasks";
     /// 2: folds the execution lifecycle (claims, completions, failures, retries, releases, cancellations).
-    pub const VERSION: i32 = 2;
+    /// 3: no indexes on `trace_id` and `cwom_issue_id`, which no query used.
+    pub const VERSION: i32 = 3;
 }
 
 #[async_trait]

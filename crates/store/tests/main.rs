@@ -5,6 +5,7 @@ extern crate jct_store as store;
 mod append;
 mod blobs;
 mod guard;
+mod lost_answer;
 mod pool;
 mod speculative;
 mod subscribe;

@@ -411,6 +411,7 @@ impl Appender {
         outcome: Result<(Vec<Slot>, anyhow::Result<()>), tokio::task::JoinError>,
         in_flight: &mut std::collections::VecDeque<InFlight>,
     ) {
+        let mut again_after_a_read = Vec::new();
         let (slots, written) = match outcome {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -423,18 +424,28 @@ impl Appender {
             Ok(()) => return self.answer_committed(replies, slots),
             Err(error) => error,
         };
-        tracing::debug!("a speculative batch missed, appending it again after a read: {error:#}");
         self.known = None;
-        self.pause_speculation = BATCHES_READ_AFTER_A_MISS;
-        self.counters.speculative_misses.fetch_add(1, Ordering::Relaxed);
-        let mut again = vec![(slots, replies)];
+        // The connection died under the batch: it may have committed with its answer lost on the way.
+        let lost =
+            self.pipelined.as_ref().is_some_and(PipelinedConnection::is_closed) || pipelined_connection_lost(&error);
+        if lost && committed_after_all(&self.stepwise, &slots).await {
+            self.answer_committed(replies, slots);
+        } else {
+            tracing::debug!("a speculative batch missed, appending it again after a read: {error:#}");
+            self.pause_speculation = BATCHES_READ_AFTER_A_MISS;
+            self.counters.speculative_misses.fetch_add(1, Ordering::Relaxed);
+            again_after_a_read.push((slots, replies));
+        }
         while let Some(later) = in_flight.pop_front() {
             match later.outcome.await {
                 // Committed after all: what it was checked against was true.
                 Ok((slots, Ok(()))) if later.sent_events => self.answer_committed(later.replies, slots),
+                Ok((slots, _)) if lost && committed_after_all(&self.stepwise, &slots).await => {
+                    self.answer_committed(later.replies, slots)
+                }
                 Ok((slots, _)) => {
                     self.counters.speculative_misses.fetch_add(1, Ordering::Relaxed);
-                    again.push((slots, later.replies));
+                    again_after_a_read.push((slots, later.replies));
                 }
                 Err(error) => tracing::error!("a speculative append batch panicked: {error}"),
             }
@@ -443,7 +454,7 @@ impl Appender {
         if let Some(connection) = &self.pipelined {
             connection.rollback().await;
         }
-        for (slots, replies) in again.into_iter().filter(|(slots, _)| !slots.is_empty()) {
+        for (slots, replies) in again_after_a_read.into_iter().filter(|(slots, _)| !slots.is_empty()) {
             let results = self.append(slots.into_iter().map(Slot::into_command).collect()).await;
             answer(replies, results);
         }
@@ -539,12 +550,60 @@ impl Appender {
                 self.known = Some(forget_if_too_many(after));
                 Ok(slots.into_iter().map(Slot::into_result).collect())
             }
+            Err(error)
+                if (connection.is_closed() || pipelined_connection_lost(&error))
+                    && committed_after_all(&self.stepwise, &slots).await =>
+            {
+                tracing::debug!("the batch committed, its answer lost with the connection: {error:#}");
+                Ok(slots.into_iter().map(Slot::into_result).collect())
+            }
             Err(error) => {
                 connection.rollback().await;
                 Err(Failed { error, commands: slots.into_iter().map(Slot::into_command).collect() })
             }
         }
     }
+}
+
+/// Whether a batch whose connection died before its answer arrived committed after all: its first event is in the
+/// log. Asked under the append lock, which the batch's transaction holds until it has ended one way or the other
+/// (the server finishes a `commit` it has read even when the client is gone), so the answer is final. Without it,
+/// a committed batch would be appended again: refused for its own idempotency keys and event ids, its callers
+/// told it failed. False for a batch without events, and when the question cannot be asked (the batch is then
+/// appended again, as before).
+async fn committed_after_all(pool: &PgPool, slots: &[Slot]) -> bool {
+    let Some(first) = slots.iter().find_map(|slot| match slot {
+        Slot::Appended { appended, .. } => appended.events.first(),
+        Slot::Refused { .. } => None,
+    }) else {
+        return false;
+    };
+    for delay_ms in CONNECTION_RETRY_DELAYS_MS {
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        let asked = async {
+            let mut tx = pool.begin().await?;
+            sqlx::query("select pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut *tx).await?;
+            let found: bool = sqlx::query_scalar("select exists (select 1 from audit_log where event_id = $1)")
+                .bind(&first.event_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            anyhow::Ok(found)
+        };
+        match asked.await {
+            Ok(found) => {
+                if found {
+                    tracing::warn!(
+                        position = first.position,
+                        "the connection was lost after the batch committed; its callers are told it did"
+                    );
+                }
+                return found;
+            }
+            Err(error) => tracing::warn!("could not ask whether the batch committed: {error:#}"),
+        }
+    }
+    false
 }
 
 /// Answers each caller; a caller that gave up waiting is not an error: its events are committed either way.
@@ -690,6 +749,15 @@ async fn append_after_a_failure(pool: &PgPool, commands: Vec<NewCommand>) -> Vec
     results
 }
 
+/// Whether `error` says the pipelined connection was lost (closed, or its socket failed) rather than anything
+/// about the batch.
+fn pipelined_connection_lost(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<tokio_postgres::Error>().is_some_and(tokio_postgres::Error::is_closed)
+            || cause.downcast_ref::<std::io::Error>().is_some()
+    })
+}
+
 /// How long a batch whose connection was lost waits before each further attempt.
 const CONNECTION_RETRY_DELAYS_MS: [u64; 4] = [0, 20, 100, 500];
 
@@ -721,7 +789,7 @@ async fn append_in_own_transaction(
         Err(error) => return Err(Failed { error, commands }),
     };
     let (tx, slots) = append_uncommitted(tx, inline, commands).await?;
-    commit(tx, slots).await
+    commit(pool, tx, slots).await
 }
 
 /// Appends a batch in `tx` and applies the inline read models, without committing. They are applied without a
@@ -747,9 +815,11 @@ async fn append_uncommitted(
 }
 
 /// Commits what [`append_uncommitted`] did and answers each command.
-async fn commit(tx: Begun, slots: Vec<Slot>) -> Result<Vec<Result<Appended, AppendError>>, Failed> {
+async fn commit(pool: &PgPool, tx: Begun, slots: Vec<Slot>) -> Result<Vec<Result<Appended, AppendError>>, Failed> {
     if let Err(error) = tx.commit().await.context("commit append transaction") {
-        return Err(Failed { error, commands: slots.into_iter().map(Slot::into_command).collect() });
+        if !(connection_lost(&error) && committed_after_all(pool, &slots).await) {
+            return Err(Failed { error, commands: slots.into_iter().map(Slot::into_command).collect() });
+        }
     }
     Ok(slots.into_iter().map(Slot::into_result).collect())
 }

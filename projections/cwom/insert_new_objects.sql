@@ -3,9 +3,10 @@
 -- rows are plain inserts, without the recursive fold and the lookups of `apply_batch.sql`, which the batch's other
 -- objects still go through. $1..$4 each object after its last event in the batch: kind, id, the position of its
 -- `created` event, the document's JSON text. $5..$10 the first link of each pair whose owner begins in the batch:
--- owner kind and id, linked kind and id, the event's ts and position. The filter columns are taken from the
--- document by the same expressions as `apply_batch.sql` and `write_objects.sql` (a change to one changes the
--- others; `tests/cwom_batch.rs` compares the rows with `apply`, event by event).
+-- owner kind and id, linked kind and id, the event's ts and position. Rebuilds write through it too, for the
+-- objects whose filter columns only PostgreSQL can tell (a number where the GET shape has a string). The filter
+-- columns are taken from the document by the same expressions as `apply_batch.sql` (a change to one changes the
+-- other; `tests/cwom_batch.rs` compares the rows with `apply`, event by event).
 with object as materialized (
     select o.kind, o.id, o.created_position, o.document::jsonb as document
       from unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) as o(kind, id, created_position, document)

@@ -9,7 +9,7 @@
 //! unless an element of the list is an object with that `kind` and `id` (what `@>` finds), the field becoming an
 //! array first if it is not one; and an event on an object without a row changes nothing. The filter columns are
 //! taken from the final document: by Rust where the value is a string or SQL null (what `->>` gives then is
-//! plain), else by PostgreSQL with the same expressions (`write_objects.sql`). A link-table row is the first
+//! plain), else by PostgreSQL with the same expressions (`insert_new_objects.sql`). A link-table row is the first
 //! link of its pair, with that event's ts and position, whether or not either object exists. Which events do
 //! something is decided by the same [`op_of`]. `tests/cwom_batch.rs` compares this with `apply`, event by event.
 
@@ -22,7 +22,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use domain::event::EntityKind;
 use serde_json::{json, Map, Value};
 use sqlx::postgres::PgCopyIn;
-use sqlx::{Executor as _, PgConnection};
+use sqlx::PgConnection;
 use store::sql::{Param, Statement};
 use store::RecordedEvent;
 
@@ -135,7 +135,7 @@ impl CwomInMemory {
             Step::Update => {
                 if let Some(object) = self.objects.get_mut(&key) {
                     if let Some(Value::Object(changes)) = event.payload.get("changes") {
-                        object.document.tree().extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        object.document.tree().extend(changes.clone());
                     }
                 }
             }
@@ -159,51 +159,54 @@ impl CwomInMemory {
         if self.objects.is_empty() && self.links.is_empty() {
             return None;
         }
-        let mut kinds = Vec::with_capacity(self.objects.len());
-        let mut ids = Vec::with_capacity(self.objects.len());
-        let mut positions = Vec::with_capacity(self.objects.len());
-        let mut documents = Vec::with_capacity(self.objects.len());
         let mut objects: Vec<_> = self.objects.into_iter().collect();
         objects.sort_unstable_by_key(|(_, object)| object.created_position);
-        for ((kind, id), object) in objects {
-            kinds.push(kind.as_str());
-            ids.push(id);
-            positions.push(object.created_position);
-            documents.push(object.document.json().into_owned());
-        }
         let mut links: Vec<_> = self.links.into_iter().collect();
         links.sort_unstable_by_key(|(_, (_, position))| *position);
-        let mut owner_kinds = Vec::with_capacity(links.len());
-        let mut owner_ids = Vec::with_capacity(links.len());
-        let mut linked_kinds = Vec::with_capacity(links.len());
-        let mut linked_ids = Vec::with_capacity(links.len());
-        let mut link_ts = Vec::with_capacity(links.len());
-        let mut link_positions = Vec::with_capacity(links.len());
-        for (link, (ts, position)) in links {
-            owner_kinds.push(link.owner_kind.as_str());
-            owner_ids.push(link.owner_id);
-            linked_kinds.push(link.linked_kind.as_str());
-            linked_ids.push(link.linked_id);
-            link_ts.push(ts);
-            link_positions.push(position);
-        }
-        Some(Statement::prepared(
-            "insert the CWOM objects whose streams begin in the batch",
-            include_str!("../../../../projections/cwom/insert_new_objects.sql"),
-            vec![
-                Param::Texts(kinds),
-                Param::OwnedTexts(ids),
-                Param::Int8s(positions),
-                Param::OwnedTexts(documents),
-                Param::Texts(owner_kinds),
-                Param::OwnedTexts(owner_ids),
-                Param::Texts(linked_kinds),
-                Param::OwnedTexts(linked_ids),
-                Param::Timestamps(link_ts),
-                Param::Int8s(link_positions),
-            ],
-        ))
+        Some(insert_objects_and_links(objects.iter(), links.iter()))
     }
+}
+
+/// `insert_new_objects.sql` for `objects` and `links`, into tables that hold none of them: the filter columns taken
+/// from each document by PostgreSQL.
+fn insert_objects_and_links<'f>(
+    objects: impl Iterator<Item = &'f ((EntityKind, String), Object)>,
+    links: impl Iterator<Item = &'f (Link, (DateTime<Utc>, i64))>,
+) -> Statement<'static> {
+    let (mut kinds, mut ids, mut positions, mut documents) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((kind, id), object) in objects {
+        kinds.push(kind.as_str());
+        ids.push(id.clone());
+        positions.push(object.created_position);
+        documents.push(object.document.json().into_owned());
+    }
+    let (mut owner_kinds, mut owner_ids, mut linked_kinds, mut linked_ids) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut link_ts, mut link_positions) = (Vec::new(), Vec::new());
+    for (link, (ts, position)) in links {
+        owner_kinds.push(link.owner_kind.as_str());
+        owner_ids.push(link.owner_id.clone());
+        linked_kinds.push(link.linked_kind.as_str());
+        linked_ids.push(link.linked_id.clone());
+        link_ts.push(*ts);
+        link_positions.push(*position);
+    }
+    Statement::prepared(
+        "insert CWOM objects and links that have no rows yet",
+        include_str!("../../../../projections/cwom/insert_new_objects.sql"),
+        vec![
+            Param::Texts(kinds),
+            Param::OwnedTexts(ids),
+            Param::Int8s(positions),
+            Param::OwnedTexts(documents),
+            Param::Texts(owner_kinds),
+            Param::OwnedTexts(owner_ids),
+            Param::Texts(linked_kinds),
+            Param::OwnedTexts(linked_ids),
+            Param::Timestamps(link_ts),
+            Param::Int8s(link_positions),
+        ],
+    )
 }
 
 #[async_trait]
@@ -247,7 +250,7 @@ impl InMemoryFold for CwomInMemory {
         let writes: Vec<futures::future::BoxFuture<'_, anyhow::Result<()>>> =
             writes.into_iter().map(|(_, write)| Box::pin(write.commit(tables)) as _).collect();
         futures::stream::iter(writes).buffer_unordered(WRITERS).try_collect::<Vec<()>>().await?;
-        tracing::debug!("cwom: {} objects written, {odd} of them through write_objects.sql", objects.len());
+        tracing::debug!("cwom: {} objects written, {odd} of them through insert_new_objects.sql", objects.len());
         // Freeing a million documents and keys takes most of a second; the rebuild goes on to its indexes meanwhile.
         tokio::task::spawn_blocking(move || drop((objects, links)));
         Ok(())
@@ -256,6 +259,9 @@ impl InMemoryFold for CwomInMemory {
 
 /// How many tables are written at once, each on a connection of its own.
 const WRITERS: usize = 3;
+
+/// How many objects whose filter columns only PostgreSQL can tell one insert writes.
+const ODD_OBJECTS_PER_STATEMENT: usize = 10_000;
 
 /// One table's rows (or the objects whose filter columns only PostgreSQL can tell), written by one `COPY`.
 enum Write<'f> {
@@ -266,7 +272,7 @@ enum Write<'f> {
         columns: FilterColumns,
         objects: &'f [((EntityKind, String), Object)],
     },
-    /// The rest of the objects, of any kind, through PostgreSQL's own expressions (`write_objects.sql`).
+    /// The rest of the objects, of any kind, through PostgreSQL's own expressions (`insert_new_objects.sql`).
     OddObjects { objects: &'f [((EntityKind, String), Object)] },
     /// The links of one pair of kinds.
     Links {
@@ -313,25 +319,12 @@ impl Write<'_> {
                 copy.finish().await?;
             }
             Write::OddObjects { objects } => {
-                // `Executor::execute` rather than `RawSql::execute`, whose future is not `Send` for every lifetime.
-                conn.execute(sqlx::raw_sql(
-                    "create temporary table cwom_folded (kind text not null, id text not null, \
-                     created_position bigint not null, document jsonb not null) on commit drop",
-                ))
-                .await?;
-                let mut copy =
-                    Copy::begin(conn, "copy cwom_folded (kind, id, created_position, document) from stdin").await?;
-                for ((kind, id), object) in objects {
-                    if object.document.filters(*kind).is_some() {
-                        continue;
-                    }
-                    let created_position = object.created_position.to_string();
-                    let document = object.document.json();
-                    copy.row(&[Some(kind.as_str()), Some(id.as_str()), Some(&created_position), Some(&document)]);
-                    copy.send_if_full().await?;
+                // Few objects (a filter value that is not a string), so plain inserts, a chunk at a time.
+                let odd: Vec<_> =
+                    objects.iter().filter(|((kind, _), object)| object.document.filters(*kind).is_none()).collect();
+                for chunk in odd.chunks(ODD_OBJECTS_PER_STATEMENT) {
+                    insert_objects_and_links(chunk.iter().copied(), std::iter::empty()).execute(&mut *conn).await?;
                 }
-                copy.finish().await?;
-                conn.execute(sqlx::raw_sql(include_str!("../../../../projections/cwom/write_objects.sql"))).await?;
             }
             Write::Links { table, owner_column, linked_column, owner_kind, linked_kind, links } => {
                 let statement =

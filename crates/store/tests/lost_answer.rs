@@ -66,18 +66,26 @@ async fn relay(client: tokio::net::TcpStream, server: Box<dyn Stream>, armed: Ar
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = tokio::io::split(server);
     let cut = Arc::new(AtomicBool::new(false));
+    let (committed, answered) = tokio::sync::oneshot::channel::<()>();
     let answers = tokio::spawn({
         let cut = cut.clone();
         async move {
+            let mut committed = Some(committed);
             let mut buffer = vec![0_u8; 64 * 1024];
             loop {
                 let n = match server_read.read(&mut buffer).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                // Once cut, the server's answers are read (so it is never blocked) and dropped.
-                if !cut.load(Ordering::SeqCst) && client_write.write_all(&buffer[..n]).await.is_err() {
-                    return;
+                if !cut.load(Ordering::SeqCst) {
+                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                        return;
+                    }
+                } else if buffer[..n].windows(7).any(|window| window == b"COMMIT\0") {
+                    // The server's CommandComplete for the commit: dropped, and the client's connection cut.
+                    if let Some(committed) = committed.take() {
+                        let _ = committed.send(());
+                    }
                 }
             }
         }
@@ -96,9 +104,11 @@ async fn relay(client: tokio::net::TcpStream, server: Box<dyn Stream>, armed: Ar
             break;
         }
         if cut.load(Ordering::SeqCst) {
-            // The server has the commit; give it time to carry it out and answer, then drop the client.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            cuts.fetch_add(1, Ordering::SeqCst);
+            // Once the server has committed (its answer says so), drop the client without that answer. A server
+            // that never answers fails the test below: the client then gets no answer and no cut is counted.
+            if tokio::time::timeout(Duration::from_secs(30), answered).await.is_ok_and(|got| got.is_ok()) {
+                cuts.fetch_add(1, Ordering::SeqCst);
+            }
             break;
         }
     }

@@ -426,8 +426,7 @@ impl Appender {
         };
         self.known = None;
         // The connection died under the batch: it may have committed with its answer lost on the way.
-        let lost =
-            self.pipelined.as_ref().is_some_and(PipelinedConnection::is_closed) || pipelined_connection_lost(&error);
+        let lost = self.pipelined.as_ref().is_some_and(PipelinedConnection::is_closed) || connection_lost(&error);
         if lost && committed_after_all(&self.stepwise, &slots).await {
             self.answer_committed(replies, slots);
         } else {
@@ -551,7 +550,7 @@ impl Appender {
                 Ok(slots.into_iter().map(Slot::into_result).collect())
             }
             Err(error)
-                if (connection.is_closed() || pipelined_connection_lost(&error))
+                if (connection.is_closed() || connection_lost(&error))
                     && committed_after_all(&self.stepwise, &slots).await =>
             {
                 tracing::debug!("the batch committed, its answer lost with the connection: {error:#}");
@@ -749,29 +748,28 @@ async fn append_after_a_failure(pool: &PgPool, commands: Vec<NewCommand>) -> Vec
     results
 }
 
-/// Whether `error` says the pipelined connection was lost (closed, or its socket failed) rather than anything
-/// about the batch.
-fn pipelined_connection_lost(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause.downcast_ref::<tokio_postgres::Error>().is_some_and(tokio_postgres::Error::is_closed)
-            || cause.downcast_ref::<std::io::Error>().is_some()
-    })
-}
-
 /// How long a batch whose connection was lost waits before each further attempt.
 const CONNECTION_RETRY_DELAYS_MS: [u64; 4] = [0, 20, 100, 500];
 
 /// Whether `error` says the database connection was lost (or the server is shutting down or starting), rather
-/// than anything about the commands: then the same batch may succeed on another connection.
+/// than anything about the commands: then the same batch may succeed on another connection, and may have committed
+/// on the lost one. Either driver's errors: sqlx's (the stepwise path) and tokio-postgres's (the pipeline).
 fn connection_lost(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| match cause.downcast_ref::<sqlx::Error>() {
-        Some(sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)) => true,
-        // Class 08: connection exception; class 57: operator intervention (admin shutdown, crash shutdown,
-        // cannot connect now).
-        Some(sqlx::Error::Database(database)) => {
-            database.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
+    // Class 08: connection exception; class 57: operator intervention (admin shutdown, crash shutdown, cannot
+    // connect now).
+    let lost_code = |code: &str| code.starts_with("08") || code.starts_with("57P");
+    error.chain().any(|cause| {
+        if let Some(error) = cause.downcast_ref::<sqlx::Error>() {
+            return match error {
+                sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(database) => database.code().is_some_and(|code| lost_code(&code)),
+                _ => false,
+            };
         }
-        _ => false,
+        if let Some(error) = cause.downcast_ref::<tokio_postgres::Error>() {
+            return error.is_closed() || error.code().is_some_and(|code| lost_code(code.code()));
+        }
+        cause.downcast_ref::<std::io::Error>().is_some()
     })
 }
 

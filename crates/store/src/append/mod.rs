@@ -528,14 +528,15 @@ impl Appender {
                 }
             }
         };
-        if let Some(remembered) = remembered {
+        if let Some(mut remembered) = remembered {
+            // What was read wins over what was remembered; the batch's few rows go into the remembered maps (up to
+            // REMEMBERED_STREAMS entries each), never the other way round, which cost every read batch time in
+            // proportion to all the streams remembered.
             if remembered.head_position == state.head_position && remembered.head_hash == state.head_hash {
-                for (stream, version) in remembered.versions {
-                    state.versions.entry(stream).or_insert(version);
-                }
-                for (key, owner) in remembered.claims {
-                    state.claims.entry(key).or_insert(owner);
-                }
+                remembered.versions.extend(state.versions);
+                remembered.claims.extend(state.claims);
+                state.versions = remembered.versions;
+                state.claims = remembered.claims;
             }
         }
         let (mut slots, blobs, after) = record_batch(commands, state);

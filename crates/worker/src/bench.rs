@@ -114,6 +114,8 @@ pub struct BenchReport {
     pub worker_alone_tasks_per_second: f64,
     /// Seconds each projection then took to catch up on that backlog's events.
     pub catch_up: Vec<(String, f64)>,
+    /// Whether PostgreSQL checkpointed before each timed phase ([`checkpoint_before_phase`]).
+    pub checkpointed: bool,
 }
 
 impl fmt::Display for BenchReport {
@@ -127,6 +129,9 @@ impl fmt::Display for BenchReport {
             f,
             "  (targets: wake p50 <= 5 ms and p99 <= 20 ms; >= 1,000 tasks/s end to end; overhead <= 2 ms/task)"
         )?;
+        if !self.checkpointed {
+            writeln!(f, "  (no CHECKPOINT before the phases: a checkpoint's sync may fall into one)")?;
+        }
         writeln!(f, "  wake latency commit of TaskEnqueued -> RunStarted, idle:  {}", self.wake_idle)?;
         writeln!(
             f,
@@ -181,6 +186,7 @@ async fn measure(app: &App, config: &WorkerConfig, options: &BenchOptions) -> an
 
     // Overhead: one at a time, no background worker, no projector.
     let backlog = enqueue_many(app, options.overhead_tasks, 16, options.create_cwom).await?;
+    report.checkpointed = checkpoint_before_phase(app.pool()).await;
     let began = Instant::now();
     let mut done = 0;
     while done < backlog.len() {
@@ -197,6 +203,7 @@ async fn measure(app: &App, config: &WorkerConfig, options: &BenchOptions) -> an
     let backlog = enqueue_many(app, options.throughput_tasks, 16, options.create_cwom).await?;
     catch_up_all(app, config).await?;
     let start = store::read::head_position(app.pool()).await?;
+    checkpoint_before_phase(app.pool()).await;
     let alone = WorkerConfig { project_traces: false, ..config.clone() };
     let stop = CancellationToken::new();
     let worker = {
@@ -221,6 +228,7 @@ async fn measure(app: &App, config: &WorkerConfig, options: &BenchOptions) -> an
     let backlog = enqueue_many(app, options.throughput_tasks, 16, options.create_cwom).await?;
     catch_up_all(app, config).await?;
     let start = store::read::head_position(app.pool()).await?;
+    checkpoint_before_phase(app.pool()).await;
     let background = Background::start(app, config);
     let began = Instant::now();
     wait_completed(app, start, backlog.len(), Duration::from_secs(600)).await?;
@@ -231,6 +239,7 @@ async fn measure(app: &App, config: &WorkerConfig, options: &BenchOptions) -> an
     report.tasks_per_second = backlog.len() as f64 / report.throughput_seconds;
 
     // Idle wake latency: one task at a time, the worker waiting.
+    checkpoint_before_phase(app.pool()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut idle = Vec::new();
     for _ in 0..options.idle_samples {
@@ -243,6 +252,7 @@ async fn measure(app: &App, config: &WorkerConfig, options: &BenchOptions) -> an
     report.wake_idle = Latency::of(&wake_latencies(app.pool(), &idle).await?);
 
     // Loaded wake latency: a steady enqueue rate.
+    checkpoint_before_phase(app.pool()).await;
     let start = store::read::head_position(app.pool()).await?;
     let interval = Duration::from_secs_f64(1.0 / options.load_rate.max(1.0));
     let mut ticker = tokio::time::interval(interval);
@@ -362,6 +372,22 @@ async fn enqueue_many(app: &App, n: usize, concurrency: usize, create_cwom: bool
         ids.extend(joined.context("an enqueue client panicked")??);
     }
     Ok(ids)
+}
+
+/// Asks PostgreSQL for a checkpoint before a timed phase and says whether it could (it takes superuser or
+/// `pg_checkpoint`). The phases before it write a great deal of WAL (thousands of tasks enqueued in seconds); the
+/// checkpoint that falls due from it would otherwise run its sync phase during the next measurement, when every
+/// commit waits behind the data files' flush (30-50 ms commits seen on 2026-12-04). A checkpoint is a cost of the
+/// setup's WAL, not of the phase measured; a long-running service meets one every `checkpoint_timeout`, spread
+/// out. pgbench's practice, for the same reason.
+pub async fn checkpoint_before_phase(pool: &PgPool) -> bool {
+    match sqlx::query("checkpoint").execute(pool).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!("no checkpoint before the phase (measured with whatever falls due): {error}");
+            false
+        }
+    }
 }
 
 /// Applies every read model and the trace folders up to the head.

@@ -38,10 +38,15 @@ pub async fn run(pool: &PgPool, duration: Duration, concurrency: usize) -> anyho
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
 
     println!("# jct bench enqueue ({} s per row, concurrency {concurrency}, server + load generator + PostgreSQL on this machine)", duration.as_secs());
+    let checkpointed = worker::bench::checkpoint_before_phase(pool).await;
+    if !checkpointed {
+        println!("# (no CHECKPOINT before the phases: a checkpoint's sync may fall into one)");
+    }
     let raw = raw::measure(pool, concurrency, Duration::from_secs(5)).await?;
     raw.print(None);
 
     let task_ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    worker::bench::checkpoint_before_phase(pool).await;
     let started = Instant::now();
     let (operations, failures, latencies) = {
         let client = client.clone();
@@ -86,6 +91,7 @@ pub async fn run(pool: &PgPool, duration: Duration, concurrency: usize) -> anyho
 
     let task_ids = Arc::new(task_ids.lock().expect("not poisoned").clone());
     anyhow::ensure!(!task_ids.is_empty(), "no task was enqueued");
+    worker::bench::checkpoint_before_phase(pool).await;
     let started = Instant::now();
     let (operations, failures, latencies) = run_clients(concurrency, duration, move |worker, seq| {
         let client = client.clone();

@@ -22,6 +22,14 @@
 //! trace root and rebuilding reproduces every file byte for byte. Each file is written atomically (a temporary
 //! file in the same directory, then `rename`).
 //!
+//! **What a folder is rendered from**: a folder needs its task's whole stream, but a batch brings only its
+//! newest events. The projection keeps the task streams it has seen begin (up to [`CACHED_STREAMS`] at once) as
+//! its batches bring them, and renders from those; a stream it did not see begin, or whose events it did not all
+//! see in order (another process applied some, a batch was applied again, the cache was full), is read back from
+//! the log. A stream leaves the cache once its folder is rendered (most tasks end within one attempt), and both
+//! sources give the same events, upcast alike, so the folder's bytes do not depend on which was used (a test
+//! renders one log both ways).
+//!
 //! **Blobs**: the events name each handler log and artifact by digest (`log_digest`, `digest`). Content up to
 //! [`store::blob::MAX_INLINE_BLOB_BYTES`] is stored in the database with the events that name it (`blobs`,
 //! [`store::blob`]); larger content under `<blob root>/sha256/<hex>` ([`BlobStore`]), on the disk before the
@@ -46,7 +54,7 @@ use serde::Deserialize as _;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use sqlx::PgConnection;
-use store::RecordedEvent;
+use store::{RecordedEvent, Upcasters};
 
 use crate::Projection;
 
@@ -211,6 +219,9 @@ impl BlobBatch {
 pub struct TraceProjection {
     root: PathBuf,
     blobs: BlobStore,
+    /// Applied to streams read back from the log, as the runner applies them to the batches it hands over.
+    upcasters: Upcasters,
+    streams: std::sync::Mutex<StreamCache>,
 }
 
 impl TraceProjection {
@@ -219,7 +230,24 @@ impl TraceProjection {
 
     /// Folders under `root` (absolute, so the URIs in events name it), blobs under `blob_root`.
     pub fn new(root: impl Into<PathBuf>, blob_root: impl Into<PathBuf>) -> TraceProjection {
-        TraceProjection { root: root.into(), blobs: BlobStore::new(blob_root) }
+        TraceProjection {
+            root: root.into(),
+            blobs: BlobStore::new(blob_root),
+            upcasters: Upcasters::new(),
+            streams: std::sync::Mutex::new(StreamCache::with_capacity(CACHED_STREAMS)),
+        }
+    }
+
+    /// The upcasters the runner applies to the events it hands over: streams read back from the log get them too.
+    pub fn with_upcasters(mut self, upcasters: Upcasters) -> TraceProjection {
+        self.upcasters = upcasters;
+        self
+    }
+
+    /// Keeps at most `streams` task streams in memory (0: every stream is read back from the log).
+    pub fn with_cached_streams(self, streams: usize) -> TraceProjection {
+        *self.streams.lock().expect("not poisoned") = StreamCache::with_capacity(streams);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -260,9 +288,11 @@ impl Projection for TraceProjection {
         Some(&[EntityKind::Task])
     }
 
-    /// A batch's events only say which folders to render; each is rendered from its stream, read whole.
+    /// `events.jsonl` shows each event's `before` and `after`: the streams kept from the batches need them. Without
+    /// that cache a batch's events only say which folders to render, each from its stream read whole, and the
+    /// batches are read without their images.
     fn folds_images(&self) -> bool {
-        false
+        self.streams.lock().expect("not poisoned").capacity > 0
     }
 
     /// A folder is rendered from its task's whole stream: waiting for a burst of appends (a claim, then the run's
@@ -280,23 +310,49 @@ impl Projection for TraceProjection {
                 last.push(event);
             }
         }
-        // Every stream in one round trip; folders (independent files) are written in parallel.
-        let last: Vec<&RecordedEvent> = last.into_iter().rev().filter(|event| may_render(event)).collect();
-        let streams: Vec<StreamId> = last.iter().map(|event| event.stream.clone()).collect();
-        let mut by_stream: std::collections::HashMap<String, Vec<RecordedEvent>> = std::collections::HashMap::new();
-        for event in store::read::read_streams(&mut *conn, &streams).await? {
-            by_stream.entry(event.stream.id.clone()).or_default().push(event);
+        // A task whose newest event here is a young claim renders nothing now, whatever the log holds after it (see
+        // `renders_now`): its stream is not even read.
+        let last: Vec<&RecordedEvent> =
+            last.into_iter().rev().filter(|event| may_render(event) && !claimed_just_now(event)).collect();
+        // Streams the cache holds whole; the others in one round trip.
+        let mut by_stream: HashMap<String, (Vec<RecordedEvent>, bool)> = HashMap::new();
+        let mut to_read: Vec<StreamId> = Vec::new();
+        {
+            let mut cache = self.streams.lock().expect("not poisoned");
+            for event in events.iter().filter(|event| event.stream.kind == EntityKind::Task) {
+                cache.observe(event);
+            }
+            for event in &last {
+                match cache.take(&event.stream.id) {
+                    Some(stream) => {
+                        by_stream.insert(event.stream.id.clone(), (stream, true));
+                    }
+                    None => to_read.push(event.stream.clone()),
+                }
+            }
         }
-        let to_write: Vec<(String, Vec<RecordedEvent>)> = last
-            .into_iter()
-            .filter_map(|event| {
-                let stream = by_stream.remove(&event.stream.id).unwrap_or_default();
-                to_render(event, stream).map(|stream| (event.stream.id.clone(), stream))
-            })
-            .collect();
+        for event in store::read::read_streams(&mut *conn, &to_read).await? {
+            let event = self.upcasters.upcast(event);
+            by_stream.entry(event.stream.id.clone()).or_default().0.push(event);
+        }
+        let mut to_write: Vec<(String, Vec<RecordedEvent>)> = Vec::with_capacity(last.len());
+        let mut not_yet = Vec::new();
+        for event in last {
+            let Some((stream, cached)) = by_stream.remove(&event.stream.id) else { continue };
+            if renders_now(event, &stream) {
+                to_write.push((event.stream.id.clone(), stream));
+            } else if cached || stream.last().is_some_and(|last| last.stream_version == event.stream_version) {
+                // Whole up to this batch: the next batch's events extend it.
+                not_yet.push(stream);
+            }
+        }
+        if !not_yet.is_empty() {
+            let mut cache = self.streams.lock().expect("not poisoned");
+            not_yet.into_iter().for_each(|stream| cache.put_back(stream));
+        }
         let mut writers = tokio::task::JoinSet::new();
         // The blobs of a few folders at a time (each up to a MiB), in one round trip.
-        for chunk in to_write.chunks(BLOB_READ_FOLDERS) {
+        for chunk in to_write.chunks_mut(BLOB_READ_FOLDERS) {
             let digests: Vec<String> = chunk
                 .iter()
                 .flat_map(|(_, stream)| named_digests(stream))
@@ -309,7 +365,7 @@ impl Projection for TraceProjection {
                     writers.join_next().await.expect("not empty").context("the trace writer panicked")??;
                 }
                 let blobs = Blobs { stored: stored.clone(), files: self.blobs.clone() };
-                let (folder, stream) = (self.folder(task_id), stream.clone());
+                let (folder, stream) = (self.folder(task_id), std::mem::take(stream));
                 writers.spawn_blocking(move || write_folder(&folder, &stream, &blobs));
             }
         }
@@ -387,7 +443,7 @@ fn named_digests(stream: &[RecordedEvent]) -> BTreeSet<String> {
 }
 
 impl TraceProjection {
-    /// The task stream to render for `event`, or `None` (see [`may_render`] and [`to_render`]).
+    /// The task stream to render for `event`, or `None` (see [`may_render`] and [`renders_now`]).
     async fn stream_to_render(
         &self,
         conn: &mut PgConnection,
@@ -396,8 +452,12 @@ impl TraceProjection {
         if !may_render(event) {
             return Ok(None);
         }
-        let stream = store::read::read_stream(&mut *conn, &event.stream, None).await?;
-        Ok(to_render(event, stream))
+        let stream: Vec<RecordedEvent> = store::read::read_stream(&mut *conn, &event.stream, None)
+            .await?
+            .into_iter()
+            .map(|event| self.upcasters.upcast(event))
+            .collect();
+        Ok(renders_now(event, &stream).then_some(stream))
     }
 }
 
@@ -416,23 +476,73 @@ fn may_render(event: &RecordedEvent) -> bool {
     true
 }
 
-/// `stream` (the task's whole stream, read after `event` was appended) if it is to be rendered now: `None` when
-/// a later event will render it, for a task that never ran, and for an attempt claimed less than
-/// [`CLAIM_RENDER_DELAY`] ago whose claim is still the stream's last event.
-fn to_render(event: &RecordedEvent, stream: Vec<RecordedEvent>) -> Option<Vec<RecordedEvent>> {
-    let last = stream.last()?;
+/// Whether `stream` (the task's whole stream, up to `event` at least) is to be rendered now: not when a later
+/// event will render it, for a task that never ran, nor for an attempt claimed less than [`CLAIM_RENDER_DELAY`]
+/// ago whose claim is still the stream's last event.
+fn renders_now(event: &RecordedEvent, stream: &[RecordedEvent]) -> bool {
+    let Some(last) = stream.last() else { return false };
     if last.stream_version > event.stream_version {
-        return None;
+        return false;
     }
     if !stream.iter().any(|event| event.event_type == events::TASK_CLAIMED) {
-        return None;
+        return false;
     }
-    if matches!(last.event_type.as_str(), events::TASK_CLAIMED | events::RUN_STARTED)
-        && chrono::Utc::now() - last.ts < CLAIM_RENDER_DELAY
-    {
-        return None;
+    !claimed_just_now(last)
+}
+
+/// Whether `event` is an attempt's claim (or its start) less than [`CLAIM_RENDER_DELAY`] old: if it is its stream's
+/// last event the folder waits for the next one, and if it is not, that later event renders it.
+fn claimed_just_now(event: &RecordedEvent) -> bool {
+    matches!(event.event_type.as_str(), events::TASK_CLAIMED | events::RUN_STARTED)
+        && chrono::Utc::now() - event.ts < CLAIM_RENDER_DELAY
+}
+
+/// How many task streams a [`TraceProjection`] keeps in memory at most (a queued task's is its first two events,
+/// a few KiB).
+pub const CACHED_STREAMS: usize = 10_000;
+
+/// Task streams seen whole, from their first event, in the order the batches brought them.
+struct StreamCache {
+    streams: HashMap<String, Vec<RecordedEvent>>,
+    capacity: usize,
+}
+
+impl StreamCache {
+    fn with_capacity(capacity: usize) -> StreamCache {
+        StreamCache { streams: HashMap::new(), capacity }
     }
-    Some(stream)
+
+    /// Takes in the next event of a task stream: a first event begins a stream (while there is room), the next
+    /// one of a stream held extends it, and anything else (a gap or a repeat) drops the stream, which is then
+    /// read back from the log when needed.
+    fn observe(&mut self, event: &RecordedEvent) {
+        let id = &event.stream.id;
+        if event.stream_version == 1 {
+            if self.streams.len() < self.capacity {
+                self.streams.insert(id.clone(), vec![event.clone()]);
+            }
+            return;
+        }
+        if let Some(stream) = self.streams.get_mut(id) {
+            if stream.last().is_some_and(|last| last.stream_version + 1 == event.stream_version) {
+                stream.push(event.clone());
+            } else {
+                self.streams.remove(id);
+            }
+        }
+    }
+
+    /// The stream of `task_id`, taken out of the cache.
+    fn take(&mut self, task_id: &str) -> Option<Vec<RecordedEvent>> {
+        self.streams.remove(task_id)
+    }
+
+    /// Puts back a stream taken out and not rendered yet (unless something began it again meanwhile).
+    fn put_back(&mut self, stream: Vec<RecordedEvent>) {
+        if let Some(first) = stream.first() {
+            self.streams.entry(first.stream.id.clone()).or_insert(stream);
+        }
+    }
 }
 
 /// Renders a task's folder and writes it atomically: a folder that does not exist yet is written whole in a
@@ -921,6 +1031,39 @@ mod tests {
     }
 
     #[test]
+    fn the_stream_cache_holds_streams_seen_whole_and_drops_one_at_a_gap_or_a_repeat() {
+        let now = chrono::Utc::now();
+        let mut cache = StreamCache::with_capacity(1);
+        let first = task_event(1, events::TASK_CREATED, now);
+        let second = task_event(2, events::TASK_ENQUEUED, now);
+        let third = task_event(3, events::TASK_CLAIMED, now);
+        cache.observe(&second);
+        assert!(cache.take(&second.stream.id).is_none(), "not seen from its first event");
+        cache.observe(&first);
+        cache.observe(&second);
+        let mut other = task_event(1, events::TASK_CREATED, now);
+        other.stream.id = "01JCT0000000000000000TASK2".into();
+        cache.observe(&other);
+        assert!(cache.take(&other.stream.id).is_none(), "no room for a second stream");
+        let taken = cache.take(&first.stream.id).expect("seen whole");
+        assert_eq!(taken.iter().map(|event| event.stream_version).collect::<Vec<_>>(), [1, 2]);
+        cache.put_back(taken);
+        cache.observe(&third);
+        assert_eq!(cache.take(&first.stream.id).map(|stream| stream.len()), Some(3), "extended in order");
+
+        cache.observe(&first);
+        cache.observe(&third);
+        assert!(cache.take(&first.stream.id).is_none(), "a gap drops the stream");
+        cache.observe(&first);
+        cache.observe(&second);
+        cache.observe(&second);
+        assert!(cache.take(&first.stream.id).is_none(), "a repeat drops the stream");
+        let mut none = StreamCache::with_capacity(0);
+        none.observe(&first);
+        assert!(none.take(&first.stream.id).is_none(), "a cache of no streams holds none");
+    }
+
+    #[test]
     fn a_young_claim_leaves_its_folder_to_the_attempts_next_event_and_an_old_one_renders_it() {
         let now = chrono::Utc::now();
         let stream = |claimed_at| {
@@ -932,14 +1075,14 @@ mod tests {
             ]
         };
         let young = stream(now);
-        assert!(to_render(&young[3], young.clone()).is_none(), "claimed just now: wait for the next event");
+        assert!(!renders_now(&young[3], &young), "claimed just now: wait for the next event");
         let mut ended = young.clone();
         ended.push(task_event(5, events::TASK_COMPLETED, now));
-        assert!(to_render(&ended[4], ended.clone()).is_some(), "the end renders it");
-        assert!(to_render(&ended[3], ended.clone()).is_none(), "a later event will");
+        assert!(renders_now(&ended[4], &ended), "the end renders it");
+        assert!(!renders_now(&ended[3], &ended), "a later event will");
         let old = stream(now - chrono::TimeDelta::seconds(2));
-        assert!(to_render(&old[3], old.clone()).is_some(), "claimed two seconds ago: rendered at once");
+        assert!(renders_now(&old[3], &old), "claimed two seconds ago: rendered at once");
         let queued = old[..2].to_vec();
-        assert!(to_render(&queued[1], queued.clone()).is_none(), "never claimed: no folder");
+        assert!(!renders_now(&queued[1], &queued), "never claimed: no folder");
     }
 }

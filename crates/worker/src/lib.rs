@@ -198,6 +198,7 @@ impl WorkerConfig {
 /// `<trace_root>/.blobs`), both made absolute so the URIs in events name them.
 pub fn trace_projection(trace_root: &Path, blob_root: Option<&Path>) -> TraceProjection {
     TraceProjection::new(absolute(trace_root), absolute(&default_blob_root(trace_root, blob_root)))
+        .with_upcasters(app::upcasters())
 }
 
 fn default_blob_root(trace_root: &Path, blob_root: Option<&Path>) -> PathBuf {

@@ -360,13 +360,18 @@ impl Projection for TraceProjection {
                 .into_iter()
                 .collect();
             let stored = Arc::new(store::blob::read_blobs(&mut *conn, &digests).await?);
-            for (task_id, stream) in chunk {
+            // A writer thread takes several folders at once: a hand-over per folder cost more than a small one's
+            // files.
+            for group in chunk.chunks_mut(chunk.len().div_ceil(PARALLEL_WRITERS)) {
                 while writers.len() >= PARALLEL_WRITERS {
                     writers.join_next().await.expect("not empty").context("the trace writer panicked")??;
                 }
                 let blobs = Blobs { stored: stored.clone(), files: self.blobs.clone() };
-                let (folder, stream) = (self.folder(task_id), std::mem::take(stream));
-                writers.spawn_blocking(move || write_folder(&folder, &stream, &blobs));
+                let folders: Vec<(PathBuf, Vec<RecordedEvent>)> =
+                    group.iter_mut().map(|(task_id, stream)| (self.folder(task_id), std::mem::take(stream))).collect();
+                writers.spawn_blocking(move || {
+                    folders.iter().try_for_each(|(folder, stream)| write_folder(folder, stream, &blobs))
+                });
             }
         }
         while let Some(written) = writers.join_next().await {
@@ -396,7 +401,7 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 /// rendered at once (a catch-up or rebuild of an older log).
 const CLAIM_RENDER_DELAY: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
-/// How many folders a batch writes at once.
+/// How many threads write a batch's folders at once.
 const PARALLEL_WRITERS: usize = 4;
 
 /// How many folders' blobs are read from the database in one round trip (each blob is at most
@@ -497,9 +502,9 @@ fn claimed_just_now(event: &RecordedEvent) -> bool {
         && chrono::Utc::now() - event.ts < CLAIM_RENDER_DELAY
 }
 
-/// How many task streams a [`TraceProjection`] keeps in memory at most (a queued task's is its first two events,
-/// a few KiB).
-pub const CACHED_STREAMS: usize = 10_000;
+/// How many task streams a [`TraceProjection`] keeps in memory at most (a queued task's is its first two events
+/// with their images, some KiB decoded; a running one's also its claim and the handler's input): tens of MiB.
+pub const CACHED_STREAMS: usize = 2_048;
 
 /// Task streams seen whole, from their first event, in the order the batches brought them.
 struct StreamCache {

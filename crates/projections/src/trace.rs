@@ -26,7 +26,8 @@
 //! newest events. The projection keeps the task streams it has seen begin (up to [`CACHED_STREAMS`] at once) as
 //! its batches bring them, and renders from those; a stream it did not see begin, or whose events it did not all
 //! see in order (another process applied some, a batch was applied again, the cache was full), is read back from
-//! the log. A stream leaves the cache once its folder is rendered (most tasks end within one attempt), and both
+//! the log. A stream leaves the cache once its folder is rendered (most tasks end within one attempt) or its task
+//! turns out never to have run (cancelled while queued); a later event reads it back. Both
 //! sources give the same events, upcast alike, so the folder's bytes do not depend on which was used (a test
 //! renders one log both ways).
 //!
@@ -314,8 +315,8 @@ impl Projection for TraceProjection {
         // `renders_now`): its stream is not even read.
         let last: Vec<&RecordedEvent> =
             last.into_iter().rev().filter(|event| may_render(event) && !claimed_just_now(event)).collect();
-        // Streams the cache holds whole; the others in one round trip.
-        let mut by_stream: HashMap<String, (Vec<RecordedEvent>, bool)> = HashMap::new();
+        // Streams the cache holds whole (taken out: rendered now, or never, as below); the others in one round trip.
+        let mut by_stream: HashMap<String, Vec<RecordedEvent>> = HashMap::new();
         let mut to_read: Vec<StreamId> = Vec::new();
         {
             let mut cache = self.streams.lock().expect("not poisoned");
@@ -325,7 +326,7 @@ impl Projection for TraceProjection {
             for event in &last {
                 match cache.take(&event.stream.id) {
                     Some(stream) => {
-                        by_stream.insert(event.stream.id.clone(), (stream, true));
+                        by_stream.insert(event.stream.id.clone(), stream);
                     }
                     None => to_read.push(event.stream.clone()),
                 }
@@ -333,23 +334,17 @@ impl Projection for TraceProjection {
         }
         for event in store::read::read_streams(&mut *conn, &to_read).await? {
             let event = self.upcasters.upcast(event);
-            by_stream.entry(event.stream.id.clone()).or_default().0.push(event);
+            by_stream.entry(event.stream.id.clone()).or_default().push(event);
         }
-        let mut to_write: Vec<(String, Vec<RecordedEvent>)> = Vec::with_capacity(last.len());
-        let mut not_yet = Vec::new();
-        for event in last {
-            let Some((stream, cached)) = by_stream.remove(&event.stream.id) else { continue };
-            if renders_now(event, &stream) {
-                to_write.push((event.stream.id.clone(), stream));
-            } else if cached || stream.last().is_some_and(|last| last.stream_version == event.stream_version) {
-                // Whole up to this batch: the next batch's events extend it.
-                not_yet.push(stream);
-            }
-        }
-        if !not_yet.is_empty() {
-            let mut cache = self.streams.lock().expect("not poisoned");
-            not_yet.into_iter().for_each(|stream| cache.put_back(stream));
-        }
+        // A stream that does not render now is dropped: a young claim never got here, so it is a task that never
+        // ran (cancelled while queued), or one whose later event in the log will render it.
+        let mut to_write: Vec<(String, Vec<RecordedEvent>)> = last
+            .into_iter()
+            .filter_map(|event| {
+                let stream = by_stream.remove(&event.stream.id)?;
+                renders_now(event, &stream).then(|| (event.stream.id.clone(), stream))
+            })
+            .collect();
         let mut writers = tokio::task::JoinSet::new();
         // The blobs of a few folders at a time (each up to a MiB), in one round trip.
         for chunk in to_write.chunks_mut(BLOB_READ_FOLDERS) {
@@ -540,13 +535,6 @@ impl StreamCache {
     /// The stream of `task_id`, taken out of the cache.
     fn take(&mut self, task_id: &str) -> Option<Vec<RecordedEvent>> {
         self.streams.remove(task_id)
-    }
-
-    /// Puts back a stream taken out and not rendered yet (unless something began it again meanwhile).
-    fn put_back(&mut self, stream: Vec<RecordedEvent>) {
-        if let Some(first) = stream.first() {
-            self.streams.entry(first.stream.id.clone()).or_insert(stream);
-        }
     }
 }
 
@@ -1050,11 +1038,10 @@ mod tests {
         other.stream.id = "01JCT0000000000000000TASK2".into();
         cache.observe(&other);
         assert!(cache.take(&other.stream.id).is_none(), "no room for a second stream");
-        let taken = cache.take(&first.stream.id).expect("seen whole");
-        assert_eq!(taken.iter().map(|event| event.stream_version).collect::<Vec<_>>(), [1, 2]);
-        cache.put_back(taken);
         cache.observe(&third);
-        assert_eq!(cache.take(&first.stream.id).map(|stream| stream.len()), Some(3), "extended in order");
+        let taken = cache.take(&first.stream.id).expect("seen whole");
+        assert_eq!(taken.iter().map(|event| event.stream_version).collect::<Vec<_>>(), [1, 2, 3], "in order");
+        assert!(cache.take(&first.stream.id).is_none(), "taken out");
 
         cache.observe(&first);
         cache.observe(&third);

@@ -375,15 +375,9 @@ impl Projection for TraceProjection {
         Ok(())
     }
 
+    /// One event is a batch of one: the same streams (cached or read back), the same rule, the same writers.
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {
-        let Some(stream) = self.stream_to_render(conn, event).await? else { return Ok(()) };
-        let digests: Vec<String> = named_digests(&stream).into_iter().collect();
-        let stored = Arc::new(store::blob::read_blobs(&mut *conn, &digests).await?);
-        let blobs = Blobs { stored, files: self.blobs.clone() };
-        let folder = self.folder(&event.stream.id);
-        tokio::task::spawn_blocking(move || write_folder(&folder, &stream, &blobs))
-            .await
-            .context("the trace writer panicked")?
+        self.apply_batch(conn, std::slice::from_ref(event)).await
     }
 }
 
@@ -440,25 +434,6 @@ fn named_digests(stream: &[RecordedEvent]) -> BTreeSet<String> {
         walk(&event.payload, &mut found);
     }
     found
-}
-
-impl TraceProjection {
-    /// The task stream to render for `event`, or `None` (see [`may_render`] and [`renders_now`]).
-    async fn stream_to_render(
-        &self,
-        conn: &mut PgConnection,
-        event: &RecordedEvent,
-    ) -> anyhow::Result<Option<Vec<RecordedEvent>>> {
-        if !may_render(event) {
-            return Ok(None);
-        }
-        let stream: Vec<RecordedEvent> = store::read::read_stream(&mut *conn, &event.stream, None)
-            .await?
-            .into_iter()
-            .map(|event| self.upcasters.upcast(event))
-            .collect();
-        Ok(renders_now(event, &stream).then_some(stream))
-    }
 }
 
 /// Whether `event` may call for its task's folder: a task event after the enqueue, of a task whose id is a safe

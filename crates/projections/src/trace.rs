@@ -546,8 +546,15 @@ fn write_new_folder(folder: &Path, files: &[(PathBuf, Vec<u8>)]) -> std::io::Res
     let name = folder.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     let temp = parent.join(format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let written = (|| {
-        std::fs::create_dir_all(parent)?;
-        std::fs::create_dir(&temp)?;
+        // The trace root exists but for the first folder (or after someone removed it): made only then, which
+        // saves every other folder a `mkdir` and a `stat`.
+        if let Err(error) = std::fs::create_dir(&temp) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                return Err(error);
+            }
+            std::fs::create_dir_all(parent)?;
+            std::fs::create_dir(&temp)?;
+        }
         let mut made: HashSet<PathBuf> = HashSet::from([temp.clone()]);
         for (relative, bytes) in files {
             let path = temp.join(relative);
@@ -638,7 +645,7 @@ impl AttemptView {
 pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files = Vec::new();
     let mut log = String::new();
-    let mut events_jsonl = String::new();
+    let mut events_jsonl: Vec<u8> = Vec::new();
     let mut attempts: Vec<AttemptView> = Vec::new();
     let mut input = Value::Null;
     let mut task = Value::Null;
@@ -672,8 +679,8 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
     };
 
     for event in stream {
-        events_jsonl.push_str(&event.to_json().to_string());
-        events_jsonl.push('\n');
+        serde_json::to_writer(&mut events_jsonl, &event.as_json()).expect("an event serialises");
+        events_jsonl.push(b'\n');
         if !matches!(
             event.event_type.as_str(),
             events::ARTIFACT_PRODUCED
@@ -926,7 +933,7 @@ pub fn render(stream: &[RecordedEvent], blob: &dyn Fn(&str) -> Option<Vec<u8>>) 
     files.push((PathBuf::from("input.json"), pretty(&input)));
     files.push((PathBuf::from("log.txt"), log.into_bytes()));
     files.push((PathBuf::from("output.json"), pretty(&output)));
-    files.push((PathBuf::from("events.jsonl"), events_jsonl.into_bytes()));
+    files.push((PathBuf::from("events.jsonl"), events_jsonl));
     for (path, digest) in artifact_files {
         match blob(&digest) {
             Some(bytes) => files.push((Path::new("artifacts").join(path), bytes)),

@@ -30,7 +30,7 @@ pub use append::{
 };
 pub use blob::NewBlob;
 pub use canonical::{canonical_bytes, chain_hash, content_hash, link_hash, GENESIS_HASH};
-pub use record::RecordedEvent;
+pub use record::{EventJson, RecordedEvent};
 pub use subscribe::{Subscription, Wakeup};
 pub use upcast::Upcasters;
 

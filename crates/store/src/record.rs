@@ -82,29 +82,135 @@ impl RecordedEvent {
 
     /// The event as JSON, for the audit API, exports and `events.jsonl`. Hashes are hex.
     pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "position": self.position,
-            "event_id": self.event_id,
-            "ts": self.ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            "entity_kind": self.stream.kind.as_str(),
-            "entity_id": self.stream.id,
-            "stream_version": self.stream_version,
-            "event_type": self.event_type,
-            "schema_version": self.schema_version,
-            "payload": self.payload,
-            "action": self.action.as_str(),
-            "actor_kind": self.actor_kind.as_str(),
-            "actor_id": self.actor_id,
-            "before": self.before,
-            "after": self.after,
-            "note": self.note,
-            "trace_id": self.trace_id,
-            "correlation_id": self.correlation_id,
-            "causation_id": self.causation_id,
-            "idempotency_key": self.idempotency_key,
-            "unique_keys": self.unique_keys,
-            "prev_hash": hex::encode(&self.prev_hash),
-            "hash": hex::encode(&self.hash),
+        serde_json::to_value(self.as_json()).expect("an event serialises")
+    }
+
+    /// [`RecordedEvent::to_json`] without building it: a view that serialises to the same JSON, byte for byte,
+    /// borrowing the payload and images instead of copying them (`events.jsonl` writes every event of every task).
+    pub fn as_json(&self) -> EventJson<'_> {
+        EventJson {
+            action: self.action.as_str(),
+            actor_id: &self.actor_id,
+            actor_kind: self.actor_kind.as_str(),
+            after: self.after.as_ref(),
+            before: self.before.as_ref(),
+            causation_id: self.causation_id.as_deref(),
+            correlation_id: self.correlation_id.as_deref(),
+            entity_id: &self.stream.id,
+            entity_kind: self.stream.kind.as_str(),
+            event_id: &self.event_id,
+            event_type: &self.event_type,
+            hash: hex::encode(&self.hash),
+            idempotency_key: self.idempotency_key.as_deref(),
+            note: self.note.as_deref(),
+            payload: &self.payload,
+            position: self.position,
+            prev_hash: hex::encode(&self.prev_hash),
+            schema_version: self.schema_version,
+            stream_version: self.stream_version,
+            trace_id: self.trace_id.as_deref(),
+            ts: self.ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            unique_keys: &self.unique_keys,
+        }
+    }
+}
+
+/// An event as JSON ([`RecordedEvent::as_json`]). Its fields are in the order of their names, as a JSON object's
+/// keys are (`serde_json` keeps them sorted), so it serialises exactly as [`RecordedEvent::to_json`] did when that
+/// built a `Value`; `events.jsonl` files written before stay byte for byte what a rebuild writes.
+#[derive(Debug, serde::Serialize)]
+pub struct EventJson<'e> {
+    action: &'static str,
+    actor_id: &'e str,
+    actor_kind: &'static str,
+    after: Option<&'e Value>,
+    before: Option<&'e Value>,
+    causation_id: Option<&'e str>,
+    correlation_id: Option<&'e str>,
+    entity_id: &'e str,
+    entity_kind: &'static str,
+    event_id: &'e str,
+    event_type: &'e str,
+    hash: String,
+    idempotency_key: Option<&'e str>,
+    note: Option<&'e str>,
+    payload: &'e Value,
+    position: i64,
+    prev_hash: String,
+    schema_version: i32,
+    stream_version: i32,
+    trace_id: Option<&'e str>,
+    ts: String,
+    unique_keys: &'e [String],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(note: Option<&str>, before: Option<Value>) -> RecordedEvent {
+        RecordedEvent {
+            position: 42,
+            event_id: "01EVENT".into(),
+            ts: DateTime::from_timestamp_micros(1_764_806_400_123_456).expect("a time"),
+            stream: StreamId::new(EntityKind::Task, "01TASK"),
+            stream_version: 3,
+            event_type: "RunStarted".into(),
+            schema_version: 1,
+            payload: json!({"z": [1, {"b": null, "a": "é\n"}], "a": 1.5}),
+            action: Action::StatusChanged,
+            actor_kind: ActorKind::Agent,
+            actor_id: "worker-1".into(),
+            before,
+            after: Some(json!({"status": "running"})),
+            note: note.map(str::to_owned),
+            trace_id: Some("trace-1".into()),
+            correlation_id: None,
+            causation_id: Some("01CAUSE".into()),
+            idempotency_key: None,
+            unique_keys: vec!["task:key".into()],
+            prev_hash: vec![0; 32],
+            hash: vec![0xab; 32],
+        }
+    }
+
+    /// What `to_json` built before `EventJson` (a `Value`, whose keys serialise sorted); `events.jsonl` files
+    /// written then must stay what a rebuild writes now.
+    fn as_value(event: &RecordedEvent) -> Value {
+        json!({
+            "position": event.position,
+            "event_id": event.event_id,
+            "ts": event.ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "entity_kind": event.stream.kind.as_str(),
+            "entity_id": event.stream.id,
+            "stream_version": event.stream_version,
+            "event_type": event.event_type,
+            "schema_version": event.schema_version,
+            "payload": event.payload,
+            "action": event.action.as_str(),
+            "actor_kind": event.actor_kind.as_str(),
+            "actor_id": event.actor_id,
+            "before": event.before,
+            "after": event.after,
+            "note": event.note,
+            "trace_id": event.trace_id,
+            "correlation_id": event.correlation_id,
+            "causation_id": event.causation_id,
+            "idempotency_key": event.idempotency_key,
+            "unique_keys": event.unique_keys,
+            "prev_hash": hex::encode(&event.prev_hash),
+            "hash": hex::encode(&event.hash),
         })
+    }
+
+    #[test]
+    fn the_json_view_serialises_byte_for_byte_as_the_json_value_did() {
+        for event in [event(None, None), event(Some("a note"), Some(json!({"status": "queued"})))] {
+            let expected = as_value(&event).to_string();
+            assert_eq!(serde_json::to_string(&event.as_json()).unwrap(), expected);
+            assert_eq!(event.to_json().to_string(), expected);
+            assert_eq!(event.to_json(), as_value(&event));
+        }
     }
 }

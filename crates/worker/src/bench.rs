@@ -9,8 +9,9 @@
 //! - **End-to-end throughput** with the stub at zero simulated work: a backlog of tasks enqueued first, then
 //!   one worker process (this one) and the projectors run until every task is completed and every read model
 //!   and the trace folders have applied the last completion.
-//! - **Worker overhead per task**: tasks run one at a time through [`crate::process_one`] (claim transaction,
-//!   stub handler, blobs, the fenced end append), wall time per task, without projections.
+//! - **Worker overhead per task**: tasks run one at a time by one worker ([`crate::OneAtATime`], what
+//!   [`crate::process_one`] does: the claim's read and append, the stub handler, blobs, the fenced end append), wall
+//!   time per task, without projections.
 //!
 //! Tasks are enqueued through `app::tasks::enqueue` (the use case behind `POST /tasks/enqueue`, with its CWOM
 //! objects by default), in-process. Run it on a scratch database: it leaves thousands of tasks behind.
@@ -187,10 +188,11 @@ async fn measure(app: &App, config: &WorkerConfig, options: &BenchOptions) -> an
     // Overhead: one at a time, no background worker, no projector.
     let backlog = enqueue_many(app, options.overhead_tasks, 16, options.create_cwom).await?;
     report.checkpointed = checkpoint_before_phase(app.pool()).await;
+    let worker = crate::OneAtATime::new(app, config)?;
     let began = Instant::now();
     let mut done = 0;
     while done < backlog.len() {
-        match crate::process_one(app, config).await? {
+        match worker.process_next().await? {
             crate::Outcome::Idle => anyhow::bail!("the overhead backlog ran dry after {done} tasks"),
             _ => done += 1,
         }

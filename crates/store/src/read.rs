@@ -173,7 +173,7 @@ pub async fn read_trace<'c>(executor: impl PgExecutor<'c>, trace_id: &str) -> an
 }
 
 /// Every event of several streams in one round trip, in position order (so each stream's events are in version
-/// order); group them by `event.stream`.
+/// order); group them by `event.stream`. A stream named twice is read once.
 ///
 /// Each stream is looked up on its own in the stream index (a lateral join: the only plans PostgreSQL can choose
 /// read that index once per stream). As `(entity_kind, entity_id) in (select ... from unnest(...))` the planner,
@@ -190,7 +190,7 @@ pub async fn read_streams<'c>(
     let kinds: Vec<&str> = streams.iter().map(|stream| stream.kind.as_str()).collect();
     let ids: Vec<&str> = streams.iter().map(|stream| stream.id.as_str()).collect();
     let rows = sqlx::query(&format!(
-        "select e.* from unnest($1::text[], $2::text[]) as s(kind, id) \
+        "select e.* from (select distinct kind, id from unnest($1::text[], $2::text[]) as u(kind, id)) as s \
            cross join lateral (select {COLUMNS} from audit_log a \
                                 where a.entity_kind = s.kind and a.entity_id = s.id) as e \
           order by e.position"

@@ -21,6 +21,42 @@ async fn a_command_appends_its_events_with_consecutive_positions_and_stream_vers
     assert_eq!(first.last_position(), 7);
 }
 
+#[tokio::test]
+async fn reading_several_streams_returns_each_named_stream_once_in_log_order() {
+    let pool = fresh_pool(4).await;
+    let store = EventStore::new(pool.clone());
+    let (a, b, c) = (command(3), command(2), command(1));
+    let streams: Vec<StreamId> = [&a, &b, &c].iter().map(|command| command.events[0].data.stream.clone()).collect();
+    // Interleaved, so that log order is not stream order.
+    let mut appended = Vec::new();
+    for command in [a, c, b] {
+        appended.extend(store.append(command).await.unwrap().events);
+    }
+    let issue = StreamId::new(EntityKind::Issue, streams[0].id.clone());
+    appended.extend(
+        store
+            .append(NewCommand {
+                events: vec![event(&issue, "TestHappened", serde_json::json!({}))],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .events,
+    );
+
+    // A stream named twice comes back once; an id of another kind is another stream; unknown streams add nothing.
+    let unknown = StreamId::new(EntityKind::Task, "no-such-task");
+    let read = read::read_streams(&pool, &[streams[1].clone(), streams[0].clone(), streams[1].clone(), unknown])
+        .await
+        .unwrap();
+    let expected: Vec<_> =
+        appended.iter().filter(|event| event.stream == streams[0] || event.stream == streams[1]).cloned().collect();
+    assert_eq!(read, expected);
+    assert_eq!(read.len(), 5);
+    assert!(read.windows(2).all(|pair| pair[0].position < pair[1].position));
+    assert!(read::read_streams(&pool, &[]).await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_two_appenders_expecting_the_same_version_exactly_one_wins() {
     let pool = fresh_pool(8).await;

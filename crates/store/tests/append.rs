@@ -130,6 +130,31 @@ async fn of_two_appenders_expecting_the_same_version_exactly_one_wins() {
     assert!(matches!(result, Err(AppendError::Conflict { .. })));
 }
 
+#[tokio::test]
+async fn commands_appended_together_share_one_transaction_and_each_stays_all_or_nothing() {
+    let pool = fresh_pool(4).await;
+    let store = EventStore::new(pool.clone());
+    let refused = {
+        let mut command = command(2);
+        let stream = command.events[0].data.stream.clone();
+        command.expected = vec![(stream, ExpectedVersion::Exactly(5))];
+        command
+    };
+    let invalid = NewCommand::default();
+    let results = store.append_all(vec![command(2), refused, invalid, command(3)]).await;
+    assert_eq!(results.len(), 4);
+    assert!(matches!(results[1], Err(AppendError::Conflict { actual: 0, .. })), "{:?}", results[1]);
+    assert!(matches!(results[2], Err(AppendError::Invalid(_))), "{:?}", results[2]);
+    let (first, last) = (results[0].as_ref().unwrap(), results[3].as_ref().unwrap());
+    let positions: Vec<i64> = first.events.iter().chain(&last.events).map(|event| event.position).collect();
+    assert_eq!(positions, (1..=5).collect::<Vec<_>>());
+    // One transaction: every row was written by the same one.
+    let transactions: i64 =
+        sqlx::query_scalar("select count(distinct xmin::text) from audit_log").fetch_one(&pool).await.unwrap();
+    assert_eq!(transactions, 1);
+    assert!(store.append_all(Vec::new()).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_two_concurrent_commands_with_one_idempotency_key_take_effect_once() {
     let pool = fresh_pool(40).await;

@@ -149,7 +149,8 @@ pub struct EventStore {
     /// The pool reads go through (claim owners, callers' own queries); appends use the batching task's own
     /// connections, opened with its settings.
     pool: PgPool,
-    queue: mpsc::Sender<Pending>,
+    /// Groups of commands: a group is appended in one batch, never split.
+    queue: mpsc::Sender<Vec<Pending>>,
     /// Owners of unique keys already read. A claim never changes owner: `unique_claims` only grows, and it is
     /// derived from the append-only log, so a remembered owner can never be stale.
     claim_owners: Arc<quick_cache::sync::Cache<String, (StreamId, i64)>>,
@@ -247,11 +248,46 @@ impl EventStore {
         validate(&command)?;
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Pending { command, reply })
+            .send(vec![Pending { command, reply }])
             .await
             .map_err(|_| anyhow::anyhow!("the append task has stopped"))?;
-        answer.await.map_err(|_| anyhow::anyhow!("the append task dropped the command"))?
+        answered(answer).await
     }
+
+    /// Appends several commands in one batch (one transaction), each still all-or-nothing on its own: a command
+    /// refused, or invalid, does not affect the others. The results are in the commands' order. Where
+    /// [`EventStore::append`] callers that happen to wait together share a batch, these always do (commands of
+    /// other callers may join them): a worker records the end of one attempt and the claim that refills its slot
+    /// with one commit.
+    pub async fn append_all(&self, commands: Vec<NewCommand>) -> Vec<Result<Appended, AppendError>> {
+        let mut results: Vec<Option<Result<Appended, AppendError>>> = Vec::with_capacity(commands.len());
+        let mut group = Vec::with_capacity(commands.len());
+        let mut answers = Vec::with_capacity(commands.len());
+        for command in commands {
+            match validate(&command) {
+                Err(error) => results.push(Some(Err(error))),
+                Ok(()) => {
+                    let (reply, answer) = oneshot::channel();
+                    group.push(Pending { command, reply });
+                    answers.push((results.len(), answer));
+                    results.push(None);
+                }
+            }
+        }
+        if !group.is_empty() && self.queue.send(group).await.is_err() {
+            for (index, _) in answers.drain(..) {
+                results[index] = Some(Err(anyhow::anyhow!("the append task has stopped").into()));
+            }
+        }
+        for (index, answer) in answers {
+            results[index] = Some(answered(answer).await);
+        }
+        results.into_iter().map(|result| result.expect("every command answered")).collect()
+    }
+}
+
+async fn answered(answer: oneshot::Receiver<Result<Appended, AppendError>>) -> Result<Appended, AppendError> {
+    answer.await.map_err(|_| anyhow::anyhow!("the append task dropped the command"))?
 }
 
 /// The batching task: takes every command waiting, appends them as one batch, answers each caller.
@@ -301,18 +337,22 @@ impl Appender {
     /// Appends what callers queue until every sender is gone: while a speculative batch is on its way, the next
     /// one is checked and sent behind it, so the server goes from one batch's commit to the next batch's insert
     /// without waiting for a round trip or for the appender.
-    async fn run(mut self, mut receiver: mpsc::Receiver<Pending>) {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Vec<Pending>>) {
         let mut waiting: Vec<Pending> = Vec::with_capacity(MAX_COMMANDS_PER_BATCH);
         let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
         let mut open = true;
         loop {
             let idle = in_flight.is_empty() && waiting.is_empty();
-            if idle && (!open || receiver.recv_many(&mut waiting, MAX_COMMANDS_PER_BATCH).await == 0) {
-                return;
+            if idle {
+                match receiver.recv().await {
+                    Some(group) if open => waiting.extend(group),
+                    _ => return,
+                }
             }
+            // A group is never split, so a batch may exceed the limit by the last group it took.
             while open && waiting.len() < MAX_COMMANDS_PER_BATCH {
                 match receiver.try_recv() {
-                    Ok(pending) => waiting.push(pending),
+                    Ok(group) => waiting.extend(group),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
@@ -341,7 +381,7 @@ impl Appender {
                     self.settle(flight.replies, outcome, &mut in_flight).await;
                 }
                 received = receiver.recv(), if can_send_more => match received {
-                    Some(pending) => waiting.push(pending),
+                    Some(group) => waiting.extend(group),
                     None => open = false,
                 },
             }

@@ -131,7 +131,9 @@ async fn concurrent_claimers_claim_every_task_exactly_once() {
                             executor: &executor,
                             max_time_budget: None,
                             claiming: None,
+                            read_ahead: None,
                         },
+                        None,
                     )
                     .await
                     .expect("claim");
@@ -514,7 +516,9 @@ async fn a_stale_worker_can_never_complete_an_attempt_taken_over_after_its_lease
             executor: &executor,
             max_time_budget: None,
             claiming: None,
+            read_ahead: None,
         },
+        None,
     )
     .await
     .unwrap();
@@ -611,7 +615,9 @@ async fn graceful_shutdown_lets_short_handlers_finish_and_releases_the_rest() {
             executor: &executor,
             max_time_budget: None,
             claiming: None,
+            read_ahead: None,
         },
+        None,
     )
     .await
     .unwrap();
@@ -903,4 +909,122 @@ async fn a_worker_never_runs_more_handlers_at_once_than_its_concurrency() {
         most = most.max(open);
     }
     assert_eq!(most, 2, "two handlers at a time, never more");
+}
+
+#[tokio::test]
+async fn a_worker_with_one_slot_records_each_end_in_the_transaction_of_the_next_claim() {
+    let test = TestApp::spawn().await;
+    let config = WorkerConfig { concurrency: 1, project_traces: false, ..test_config("one-slot") };
+    let mut task_ids = HashSet::new();
+    for n in 0..20 {
+        task_ids.insert(enqueue(&test, &valid_task(), n % 2 == 0).await.0);
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(worker::run(test.app.clone(), config, async move {
+        let _ = stopped.await;
+    }));
+    wait_until(Duration::from_secs(30), || async {
+        test.events().await.iter().filter(|event| event.event_type == events::TASK_COMPLETED).count() == 20
+    })
+    .await;
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+
+    // Each task claimed, started and completed once.
+    let events = test.events().await;
+    for event_type in [events::TASK_CLAIMED, events::RUN_STARTED, events::TASK_COMPLETED] {
+        let per_task: Vec<&str> = events
+            .iter()
+            .filter(|event| event.event_type == event_type)
+            .map(|event| event.stream.id.as_str())
+            .collect();
+        assert_eq!(per_task.iter().copied().collect::<HashSet<_>>(), task_ids.iter().map(String::as_str).collect());
+        assert_eq!(per_task.len(), 20, "{event_type}");
+    }
+    // The claim read ahead while a task ran is appended with that task's end: one commit for both. (A read-ahead
+    // gives up when the end takes longer than its patience, as it may on a loaded machine: most, not all.)
+    let shared: i64 = sqlx::query_scalar(
+        "select count(*) from (select xmin::text from audit_log group by 1 \
+          having bool_or(event_type = 'TaskCompleted') and bool_or(event_type = 'TaskClaimed')) as t",
+    )
+    .fetch_one(&test.pool)
+    .await
+    .unwrap();
+    assert!(shared >= 10, "only {shared} of 19 ends shared a transaction with the next claim");
+}
+
+#[tokio::test]
+async fn an_end_waits_only_for_a_claim_that_is_reading_and_is_never_left_behind() {
+    let test = TestApp::spawn().await;
+    let store = test.app.store();
+    let ends = app::worker::EndsAwaitingClaim::default();
+    let command = |n: u32| store::NewCommand {
+        events: vec![domain::event::NewEvent::new(
+            domain::event::EventData {
+                stream: domain::event::StreamId::new(domain::event::EntityKind::Task, format!("end-{n}")),
+                event_type: "TestEnded".into(),
+                schema_version: 1,
+                payload: json!({}),
+                action: domain::event::Action::Updated,
+                before: None,
+                after: None,
+                note: None,
+            },
+            domain::event::Actor::system("test"),
+        )],
+        ..Default::default()
+    };
+    let in_log = |n: u32| {
+        let pool = test.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from audit_log where entity_id = $1")
+                .bind(format!("end-{n}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    // No claim reading: appended at once.
+    ends.append(store, command(1)).await.unwrap();
+    assert_eq!(in_log(1).await, 1);
+
+    // A claim reading: the end waits for it, and goes in its batch (here, a claim that finds nothing to claim).
+    let carried = ends.carry(store);
+    assert_eq!(ends.readers(), 1);
+    let waiting = {
+        let (ends, store) = (&ends, store.clone());
+        async move { ends.append(&store, command(2)).await }
+    };
+    tokio::pin!(waiting);
+    assert!(tokio::time::timeout(Duration::from_millis(300), waiting.as_mut()).await.is_err(), "the end waited");
+    assert_eq!(in_log(2).await, 0);
+    let executor = domain::task::run::ExecutorInfo { kind: "stub".into(), version: "test".into() };
+    let request = app::worker::ClaimRequest {
+        worker_id: "carrier",
+        limit: 1,
+        lease: Duration::from_secs(30),
+        max_attempts: 3,
+        trace_root: None,
+        executor: &executor,
+        max_time_budget: None,
+        claiming: None,
+        read_ahead: None,
+    };
+    let (batch, appended) = tokio::join!(app::worker::claim(&test.app, &request, Some(carried)), waiting);
+    assert!(batch.unwrap().claimed.is_empty());
+    appended.unwrap();
+    assert_eq!((in_log(2).await, ends.readers()), (1, 0));
+
+    // A claim that never reads (dropped): what waited for it is appended on its own.
+    let carried = ends.carry(store);
+    let waiting = {
+        let (ends, store) = (&ends, store.clone());
+        async move { ends.append(&store, command(3)).await }
+    };
+    tokio::pin!(waiting);
+    assert!(tokio::time::timeout(Duration::from_millis(100), waiting.as_mut()).await.is_err(), "the end waited");
+    drop(carried);
+    waiting.await.unwrap();
+    assert_eq!((in_log(3).await, ends.readers()), (1, 0));
 }

@@ -24,6 +24,10 @@ use store::{AppendError, Appended, ExpectedVersion, NewBlob, NewCommand, Recorde
 
 use crate::App;
 
+mod ends;
+
+pub use ends::{CarriedEnds, EndsAwaitingClaim};
+
 /// How long [`catch_up_queue`] waits for another applier of the queue projection before giving up this time.
 const CATCH_UP_PATIENCE: Duration = Duration::from_millis(50);
 
@@ -52,6 +56,10 @@ pub struct ClaimRequest<'a> {
     /// (picking one again could only lose the race), and adds its own picks while its appends are in flight. Lets a
     /// worker start a claim while an earlier one is still being appended.
     pub claiming: Option<&'a Mutex<HashSet<String>>>,
+    /// Read ahead: the worker's slots are all busy, so after its read this claim waits up to this long for an end
+    /// (a slot freeing), then claims at most as many tasks as ends arrived, in their batch. If none arrives it
+    /// claims nothing ([`ClaimBatch::gave_up`]). Needs the ends carried ([`claim`]).
+    pub read_ahead: Option<Duration>,
 }
 
 /// Tasks a claim picked, in [`ClaimRequest::claiming`] until dropped (its appends have answered).
@@ -106,6 +114,8 @@ pub struct ClaimBatch {
     pub exhausted: usize,
     /// Tasks picked but refused (not due after all, leased, finished) or lost to another claimer.
     pub skipped: usize,
+    /// A read-ahead claim found tasks but no slot freed within its patience: it claimed none.
+    pub gave_up: bool,
 }
 
 /// How many tasks a claim draws its candidates from, per task it wants: the due longest of them, at random, so
@@ -122,10 +132,17 @@ const MAX_CLAIM_ROUNDS: usize = 5;
 /// transaction stays open: each claim's append expects the task's stream at the version it was decided on, so of
 /// two claimers that picked the same task one claims it and the other gets a conflict, and skips it. An empty
 /// batch means nothing was claimable, not that every candidate was lost to a race: those are picked again.
-pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<ClaimBatch> {
+///
+/// `ends`: the ends of the worker's attempts that arrive until this claim's read is done go in its batch (one commit
+/// for ends and claims; [`EndsAwaitingClaim::carry`]).
+pub async fn claim(app: &App, request: &ClaimRequest<'_>, ends: Option<CarriedEnds>) -> anyhow::Result<ClaimBatch> {
     let mut batch = ClaimBatch::default();
+    // Only the first round carries ends: the others follow a lost race at once.
+    let mut reader = ends;
+    // A read-ahead's slots: one per end its first round took, until claimed.
+    let mut freed = None;
     for _ in 0..MAX_CLAIM_ROUNDS {
-        let lost = claim_round(app, request, &mut batch).await?;
+        let lost = claim_round(app, request, &mut batch, reader.take(), &mut freed).await?;
         if !batch.claimed.is_empty() || batch.exhausted > 0 || lost == 0 {
             break;
         }
@@ -133,20 +150,37 @@ pub async fn claim(app: &App, request: &ClaimRequest<'_>) -> anyhow::Result<Clai
     Ok(batch)
 }
 
-/// One round of [`claim`]; returns how many claims it lost to other claimers.
-async fn claim_round(app: &App, request: &ClaimRequest<'_>, batch: &mut ClaimBatch) -> anyhow::Result<usize> {
+/// One round of [`claim`]; returns how many claims it lost to other claimers. `reader`: the ends this round takes
+/// after its read and appends with its claims. `freed`: for a read-ahead, the slots the ends it took freed and
+/// its claims have not filled yet (set by the round that takes the ends).
+async fn claim_round(
+    app: &App,
+    request: &ClaimRequest<'_>,
+    batch: &mut ClaimBatch,
+    reader: Option<CarriedEnds>,
+    freed: &mut Option<usize>,
+) -> anyhow::Result<usize> {
     let exclude: Vec<String> =
         request.claiming.map(|set| set.lock().expect("not poisoned").iter().cloned().collect()).unwrap_or_default();
     let local_before = Utc::now();
     let candidates =
         queue::claim_candidates(app.pool(), request.limit, request.limit * CANDIDATE_WINDOW_FACTOR, &exclude).await?;
     let local_after = Utc::now();
-    let now = candidates.now;
-    batch.now = Some(now);
-    batch.clock_offset = Some(now - (local_before + (local_after - local_before) / 2));
-    if candidates.task_ids.is_empty() {
-        return Ok(0);
+    let read_at = std::time::Instant::now();
+    let clock_offset = candidates.now - (local_before + (local_after - local_before) / 2);
+    batch.now = Some(candidates.now);
+    batch.clock_offset = Some(clock_offset);
+    let mut task_ids = candidates.task_ids;
+    if let (Some(patience), Some(reader)) = (request.read_ahead, &reader) {
+        // The picks are not reserved while waiting: a claim for a slot that is free takes them first if it picks
+        // them too (this one's append then conflicts), so a due task never waits for a slot to free.
+        if !task_ids.is_empty() && !reader.wait_for_end(patience).await {
+            batch.gave_up = true;
+            task_ids.clear();
+        }
     }
+    // The decisions' clock: the database's, moved on by the wait (a task due at the read is due still).
+    let now = candidates.now + TimeDelta::from_std(read_at.elapsed()).unwrap_or_default();
     let lease = TimeDelta::from_std(request.lease).context("lease out of range")?;
 
     struct Candidate {
@@ -157,9 +191,7 @@ async fn claim_round(app: &App, request: &ClaimRequest<'_>, batch: &mut ClaimBat
     }
     let mut decided = Vec::new();
     let mut stale_rows = Vec::new();
-    for (task_id, loaded) in
-        candidates.task_ids.iter().zip(load_candidates(app, &candidates.task_ids, candidates.events).await?)
-    {
+    for (task_id, loaded) in task_ids.iter().zip(load_candidates(app, &task_ids, candidates.events).await?) {
         let Loaded { events, state, cwom } = loaded;
         let stream = StreamId::new(EntityKind::Task, task_id);
         let run_id = ulid::Ulid::new().to_string();
@@ -210,18 +242,35 @@ async fn claim_round(app: &App, request: &ClaimRequest<'_>, batch: &mut ClaimBat
         queue::apply_inline(&mut conn, &stale_rows).await?;
     }
 
+    // The ends that arrived while this claim read go first in its batch (one commit for both); a read-ahead claims a
+    // task per end, for the slot it freed.
+    let (end_commands, taken_ends) = match reader {
+        Some(reader) => {
+            let (commands, taken) = reader.take();
+            (commands, Some(taken))
+        }
+        None => (Vec::new(), None),
+    };
+    if request.read_ahead.is_some() {
+        let slots = *freed.get_or_insert(end_commands.len());
+        decided.truncate(slots);
+    }
     let _claiming = request.claiming.map(|set| {
         Claiming::register(
             set,
             decided.iter().map(|(candidate, _): &(Candidate, NewCommand)| candidate.state.task_id.clone()).collect(),
         )
     });
-    // Every claim is its own command, appended at once: the batching task puts them in one transaction.
-    let appends =
-        decided.into_iter().map(|(candidate, command)| async move { (candidate, app.store().append(command).await) });
+    let (candidates, claim_commands): (Vec<Candidate>, Vec<NewCommand>) = decided.into_iter().unzip();
+    let end_count = end_commands.len();
+    let mut results = app.store().append_all(end_commands.into_iter().chain(claim_commands).collect()).await;
+    let claim_results = results.split_off(end_count);
+    if let Some(taken) = taken_ends {
+        taken.answer(results);
+    }
     let mut lost = 0;
     let mut unapplied = Vec::new();
-    for (candidate, result) in futures::future::join_all(appends).await {
+    for (candidate, result) in candidates.into_iter().zip(claim_results) {
         let appended = match result {
             Ok(appended) => appended,
             Err(AppendError::Conflict { .. }) => {
@@ -260,6 +309,9 @@ async fn claim_round(app: &App, request: &ClaimRequest<'_>, batch: &mut ClaimBat
             position: appended.last_position(),
             state,
         });
+        if let Some(slots) = freed.as_mut() {
+            *slots -= 1;
+        }
     }
     // Unless the store applied the read models with the claims, the queue rows follow at once (the next claimer
     // sees the leases): committed events of their own streams, which the projector applies again to no effect.
@@ -412,15 +464,27 @@ pub async fn append_decision(
     trace_id: Option<&str>,
     decide: impl Fn(&TaskState) -> Result<Vec<NewEvent>, Refusal>,
 ) -> anyhow::Result<Result<Appended, Refusal>> {
-    append_decision_with_blobs(app, state, trace_id, &[], decide).await
+    append_fenced(app, state, trace_id, None, &[], decide).await
 }
 
 /// [`append_decision`], storing `blobs` (content its events name by digest: a handler log, artifacts) in the
-/// same transaction.
+/// same transaction, and appending through `ends` when given (the end of an attempt rides with the claim being
+/// read for its slot, [`EndsAwaitingClaim`]).
 pub async fn append_decision_with_blobs(
     app: &App,
     state: &mut TaskState,
+    ends: Option<&EndsAwaitingClaim>,
+    blobs: &[NewBlob],
+    decide: impl Fn(&TaskState) -> Result<Vec<NewEvent>, Refusal>,
+) -> anyhow::Result<Result<Appended, Refusal>> {
+    append_fenced(app, state, None, ends, blobs, decide).await
+}
+
+async fn append_fenced(
+    app: &App,
+    state: &mut TaskState,
     trace_id: Option<&str>,
+    ends: Option<&EndsAwaitingClaim>,
     blobs: &[NewBlob],
     decide: impl Fn(&TaskState) -> Result<Vec<NewEvent>, Refusal>,
 ) -> anyhow::Result<Result<Appended, Refusal>> {
@@ -438,7 +502,11 @@ pub async fn append_decision_with_blobs(
             causation_id: None,
             blobs: blobs.to_vec(),
         };
-        match app.store().append(command).await {
+        let appended = match ends {
+            Some(ends) => ends.append(app.store(), command).await,
+            None => app.store().append(command).await,
+        };
+        match appended {
             Ok(appended) => {
                 let task_events: Vec<RecordedEvent> =
                     appended.events.iter().filter(|event| event.stream.kind == EntityKind::Task).cloned().collect();

@@ -321,7 +321,7 @@ async fn record(
     let give_up = tokio::time::Instant::now() + worker.config.lease;
     let mut delay = Duration::from_millis(100);
     loop {
-        match append_decision_with_blobs(&worker.app, state, None, blobs, &decide).await {
+        match append_decision_with_blobs(&worker.app, state, Some(&worker.ends), blobs, &decide).await {
             Ok(Ok(_)) => return Ok(Ok(())),
             Ok(Err(refusal)) => return Ok(Err(refusal)),
             Err(error) if tokio::time::Instant::now() + delay < give_up => {

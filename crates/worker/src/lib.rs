@@ -39,6 +39,10 @@ pub use attempt::Outcome;
 /// How many claims [`run`] has in flight at once.
 const CLAIMS_IN_FLIGHT: usize = 2;
 
+/// How long a claim read ahead (every slot busy) waits for a slot to free before it gives its pick up: short, so a
+/// claim is never decided on an old read, and long enough for handlers that take a few tens of milliseconds.
+const READ_AHEAD_PATIENCE: Duration = Duration::from_millis(100);
+
 /// The version the worker records as its executor version.
 pub const WORKER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -243,6 +247,8 @@ pub(crate) struct Worker {
     pub(crate) slot_freeing: tokio::sync::Notify,
     /// Tasks picked by claims whose appends are still in flight ([`app::worker::ClaimRequest::claiming`]).
     claiming: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Ends of attempts, appended with the claim being read for their slots when there is one.
+    pub(crate) ends: app::worker::EndsAwaitingClaim,
 }
 
 impl Worker {
@@ -286,10 +292,18 @@ impl Worker {
             finishing: AtomicUsize::new(0),
             slot_freeing: tokio::sync::Notify::new(),
             claiming: std::sync::Mutex::default(),
+            ends: app::worker::EndsAwaitingClaim::default(),
         })
     }
 
-    async fn claim(&self, limit: usize) -> anyhow::Result<app::worker::ClaimBatch> {
+    /// Claims up to `limit` tasks, carrying `ends` ([`app::worker::claim`]); with `read_ahead`, for slots still
+    /// busy (see [`app::worker::ClaimRequest::read_ahead`]).
+    async fn claim(
+        &self,
+        limit: usize,
+        read_ahead: Option<Duration>,
+        ends: Option<app::worker::CarriedEnds>,
+    ) -> anyhow::Result<app::worker::ClaimBatch> {
         let batch = app::worker::claim(
             &self.app,
             &app::worker::ClaimRequest {
@@ -301,7 +315,9 @@ impl Worker {
                 executor: &self.executor,
                 max_time_budget: self.config.max_time_budget,
                 claiming: Some(&self.claiming),
+                read_ahead,
             },
+            ends,
         )
         .await?;
         if let Some(offset) = batch.clock_offset {
@@ -320,29 +336,12 @@ fn prepare_dir(path: &Path) -> anyhow::Result<PathBuf> {
 /// budget, fenced appends), in the caller's task. [`Outcome::Idle`] when nothing was due. Does not write trace
 /// folders (see [`project_traces`]).
 pub async fn process_one(app: &App, config: &WorkerConfig) -> anyhow::Result<Outcome> {
-    OneAtATime::new(app, config)?.process_next().await
-}
-
-/// A worker that runs one task at a time, in its caller's task, when asked ([`OneAtATime::process_next`]): what
-/// [`process_one`] does, without preparing the worker's directories again for every task (the overhead
-/// measurement of `jct bench worker` runs tasks this way).
-pub struct OneAtATime {
-    worker: Worker,
-}
-
-impl OneAtATime {
-    pub fn new(app: &App, config: &WorkerConfig) -> anyhow::Result<OneAtATime> {
-        Ok(OneAtATime { worker: Worker::new(app.clone(), config.clone())? })
-    }
-
-    /// [`process_one`] with this worker.
-    pub async fn process_next(&self) -> anyhow::Result<Outcome> {
-        let batch = self.worker.claim(1).await?;
-        match batch.claimed.into_iter().next() {
-            Some(claimed) => Ok(attempt::run_attempt(&self.worker, claimed, CancellationToken::new()).await),
-            None if batch.exhausted > 0 => Ok(Outcome::LeaseExpiredFailed),
-            None => Ok(Outcome::Idle),
-        }
+    let worker = Worker::new(app.clone(), config.clone())?;
+    let batch = worker.claim(1, None, None).await?;
+    match batch.claimed.into_iter().next() {
+        Some(claimed) => Ok(attempt::run_attempt(&worker, claimed, CancellationToken::new()).await),
+        None if batch.exhausted > 0 => Ok(Outcome::LeaseExpiredFailed),
+        None => Ok(Outcome::Idle),
     }
 }
 
@@ -403,6 +402,11 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
     // it asked for and no notification came since it started (`wakeups` counts them).
     let mut maybe_due = true;
     let mut wakeups: u64 = 0;
+    // Whether to read ahead when every slot is busy: off after a read-ahead no slot freed for, until one does.
+    let mut read_ahead = true;
+    // Read-ahead claims in flight: they have a budget of their own, so one waiting for a slot to free never keeps
+    // a claim for free slots from starting.
+    let mut ahead = 0;
     loop {
         // Claims admit new tasks themselves; the queue's checkpoint still has to move on where no projector runs.
         if last_catch_up.is_none_or(|at| at.elapsed() >= config.poll_interval) {
@@ -413,23 +417,47 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
         }
         // Fill the free slots (an attempt only recording its end frees its slot).
         let busy = running.len().saturating_sub(worker.finishing.load(Ordering::Relaxed));
-        while maybe_due && claims.len() < CLAIMS_IN_FLIGHT && busy + reserved < config.concurrency {
+        while maybe_due && claims.len() - ahead < CLAIMS_IN_FLIGHT && busy + reserved < config.concurrency {
             let wanted = config.concurrency - busy - reserved;
             reserved += wanted;
+            let ends = worker.ends.carry(worker.app.store());
             // The claim's read sees everything the notifications so far announced.
             if let Some(wakeup) = wakeup.as_mut() {
                 wakeup.drain().await;
             }
-            let worker = worker.clone();
-            let started_at = wakeups;
-            claims.push(async move { (wanted, started_at, worker.claim(wanted).await) });
+            claims.push(claim_slots(worker.clone(), wanted, wakeups, None, ends));
+        }
+        // Every slot busy or being claimed, and no claim reading: read ahead for the next slot to free. The claim
+        // then shares the batch (and the commit) of the end that frees the slot, and its read is off the path
+        // between two tasks: it runs while the claim before it is appended and the handler works.
+        if maybe_due
+            && read_ahead
+            && ahead < CLAIMS_IN_FLIGHT
+            && busy + reserved >= config.concurrency
+            && worker.ends.readers() == 0
+        {
+            reserved += 1;
+            ahead += 1;
+            let ends = worker.ends.carry(worker.app.store());
+            if let Some(wakeup) = wakeup.as_mut() {
+                wakeup.drain().await;
+            }
+            claims.push(claim_slots(worker.clone(), 1, wakeups, Some(READ_AHEAD_PATIENCE), ends));
         }
         tokio::select! {
             () = &mut shutdown => break,
-            () = worker.slot_freeing.notified() => {}
-            Some((wanted, started_at, claimed)) = claims.next(), if !claims.is_empty() => {
+            () = worker.slot_freeing.notified() => read_ahead = true,
+            // A claim has read and is appending: the next may read ahead.
+            () = worker.ends.taken() => {}
+            Some((wanted, started_at, read_ahead_claim, claimed)) = claims.next(), if !claims.is_empty() => {
                 reserved -= wanted;
+                ahead -= usize::from(read_ahead_claim);
                 let found = match claimed {
+                    Ok(batch) if batch.gave_up => {
+                        // Tasks are due, the slots were busy for longer than the read-ahead's patience.
+                        read_ahead = false;
+                        wanted
+                    }
                     Ok(batch) => {
                         let found = batch.claimed.len();
                         start_attempts(&mut running, &worker, &release, batch.claimed);
@@ -447,6 +475,7 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
                 }
             }
             Some(joined) = running.join_next(), if !running.is_empty() => {
+                read_ahead = true;
                 log_outcome(joined);
                 // Every slot freed meanwhile, so the next claim takes them together.
                 while let Some(joined) = running.try_join_next() {
@@ -460,7 +489,7 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
         }
     }
     // Claims in flight finish (their tasks are then running, and are let finish or released below).
-    while let Some((_, _, claimed)) = claims.next().await {
+    while let Some((_, _, _, claimed)) = claims.next().await {
         if let Ok(batch) = claimed {
             start_attempts(&mut running, &worker, &release, batch.claimed);
         }
@@ -498,6 +527,18 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
     Ok(())
 }
 
+/// A claim for `wanted` slots carrying `ends`, started after `wakeups` wake-ups; answers with both and whether it
+/// read ahead.
+async fn claim_slots(
+    worker: Arc<Worker>,
+    wanted: usize,
+    wakeups: u64,
+    read_ahead: Option<Duration>,
+    ends: app::worker::CarriedEnds,
+) -> (usize, u64, bool, anyhow::Result<app::worker::ClaimBatch>) {
+    (wanted, wakeups, read_ahead.is_some(), worker.claim(wanted, read_ahead, Some(ends)).await)
+}
+
 /// Runs each claimed task's attempt in `running`.
 fn start_attempts(
     running: &mut JoinSet<Outcome>,
@@ -530,8 +571,5 @@ fn send_checks(app: App, config: WorkerConfig) {
     fn is_send<T: Send>(_: T) {}
     is_send(project_traces(&app, &config));
     is_send(process_one(&app, &config));
-    if let Ok(worker) = OneAtATime::new(&app, &config) {
-        is_send(async move { worker.process_next().await });
-    }
     is_send(run(app.clone(), config.clone(), async {}));
 }

@@ -60,7 +60,7 @@ pub enum BenchCommand {
         /// Tasks in the backlog of the end-to-end measurement.
         #[arg(long, default_value_t = 5000)]
         tasks: usize,
-        /// Tasks run one at a time for the overhead measurement.
+        /// Tasks of the overhead measurement (the worker with one slot, on a backlog).
         #[arg(long, default_value_t = 500)]
         overhead_tasks: usize,
         /// The worker's concurrency.

@@ -1028,3 +1028,30 @@ async fn an_end_waits_only_for_a_claim_that_is_reading_and_is_never_left_behind(
     waiting.await.unwrap();
     assert_eq!((in_log(3).await, ends.readers()), (1, 0));
 }
+
+#[tokio::test]
+async fn a_claim_reading_ahead_gives_up_at_once_when_the_worker_shuts_down() {
+    let test = TestApp::spawn().await;
+    enqueue(&test, &valid_task(), false).await;
+    let ends = app::worker::EndsAwaitingClaim::default();
+    let executor = domain::task::run::ExecutorInfo { kind: "stub".into(), version: "test".into() };
+    let request = app::worker::ClaimRequest {
+        worker_id: "reader",
+        limit: 1,
+        lease: Duration::from_secs(30),
+        max_attempts: 3,
+        trace_root: None,
+        executor: &executor,
+        max_time_budget: None,
+        claiming: None,
+        read_ahead: Some(Duration::from_secs(30)),
+    };
+    let claim = app::worker::claim(&test.app, &request, Some(ends.carry(test.app.store())));
+    tokio::pin!(claim);
+    // A task is due but no slot frees: the read-ahead waits.
+    assert!(tokio::time::timeout(Duration::from_millis(300), claim.as_mut()).await.is_err());
+    ends.close();
+    let batch = tokio::time::timeout(Duration::from_secs(5), claim).await.expect("gave up at once").unwrap();
+    assert!(batch.gave_up && batch.claimed.is_empty(), "{batch:?}");
+    assert_eq!(count_events(&test, &test.events().await[0].stream.id, events::TASK_CLAIMED).await, 0);
+}

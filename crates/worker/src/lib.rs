@@ -488,7 +488,9 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
             }
         }
     }
-    // Claims in flight finish (their tasks are then running, and are let finish or released below).
+    // Claims in flight finish (their tasks are then running, and are let finish or released below); one reading
+    // ahead claims nothing more.
+    worker.ends.close();
     while let Some((_, _, _, claimed)) = claims.next().await {
         if let Ok(batch) = claimed {
             start_attempts(&mut running, &worker, &release, batch.claimed);

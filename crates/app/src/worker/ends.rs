@@ -33,6 +33,8 @@ struct Waiting {
     ends: Vec<(NewCommand, Reply)>,
     /// Claims between the start of their read and the moment they take the ends.
     readers: usize,
+    /// The worker is shutting down: read-aheads stop waiting for slots to free ([`EndsAwaitingClaim::close`]).
+    closed: bool,
 }
 
 impl std::fmt::Debug for EndsAwaitingClaim {
@@ -77,6 +79,13 @@ impl EndsAwaitingClaim {
         self.shared.taken.notified().await;
     }
 
+    /// The worker is shutting down: a read-ahead waiting for a slot, or starting to, gives up at once, so no new
+    /// task is claimed for a slot that frees now. Ends still go with claims already reading.
+    pub fn close(&self) {
+        self.shared.waiting.lock().expect("not poisoned").closed = true;
+        self.shared.arrived.notify_waiters();
+    }
+
     /// Registers a claim about to read: ends appended from now on wait for it, and it takes them after its read
     /// ([`crate::worker::claim`]). Register before the attempts whose ends it should carry can end.
     pub fn carry(&self, store: &EventStore) -> CarriedEnds {
@@ -100,17 +109,24 @@ pub(crate) struct TakenEnds {
 
 impl CarriedEnds {
     /// Waits until an end is waiting (a slot has freed), at most `patience`; whether one is.
+    /// `false` at once once the worker is shutting down ([`EndsAwaitingClaim::close`]).
     pub(crate) async fn wait_for_end(&self, patience: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + patience;
+        let ready = || {
+            let waiting = self.shared.waiting.lock().expect("not poisoned");
+            (!waiting.closed).then_some(!waiting.ends.is_empty())
+        };
         loop {
             let arrived = self.shared.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
-            if !self.shared.waiting.lock().expect("not poisoned").ends.is_empty() {
-                return true;
+            match ready() {
+                None => return false,
+                Some(true) => return true,
+                Some(false) => {}
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return !self.shared.waiting.lock().expect("not poisoned").ends.is_empty();
+                return ready() == Some(true);
             }
         }
     }

@@ -11,7 +11,8 @@
 //!   and the trace folders have applied the last completion.
 //! - **Worker overhead per task**: the worker loop ([`crate::run`]) with one slot on a backlog, so tasks run one
 //!   after another (the claim's read and append, the stub handler, blobs, the fenced end append), wall time per
-//!   task from the worker's start to the last `TaskCompleted`, without projector or trace folders.
+//!   task from the worker's start to the last `TaskCompleted`, without projector or trace folders; and this
+//!   process's CPU time per task in that run (the worker's own work, without PostgreSQL's).
 //!
 //! Tasks are enqueued through `app::tasks::enqueue` (the use case behind `POST /tasks/enqueue`, with its CWOM
 //! objects by default), in-process. Run it on a scratch database: it leaves thousands of tasks behind.
@@ -109,6 +110,9 @@ pub struct BenchReport {
     pub tasks_per_second: f64,
     pub overhead_tasks: usize,
     pub overhead_ms_per_task: f64,
+    /// This process's CPU time (user and system) per task during the overhead measurement: the worker's own work
+    /// (its tasks, the store's appender thread), without PostgreSQL's.
+    pub overhead_cpu_ms_per_task: f64,
     pub concurrency: usize,
     pub create_cwom: bool,
     /// The worker alone on a backlog of the same size (no projector, no trace folders).
@@ -156,10 +160,15 @@ impl fmt::Display for BenchReport {
                 self.throughput_tasks as f64 / seconds.max(1e-9)
             )?;
         }
-        write!(
+        writeln!(
             f,
             "  worker overhead per task (the worker with one slot: claim, handler, blobs, end; read models inline): {:.2} ms ({} tasks)",
             self.overhead_ms_per_task, self.overhead_tasks
+        )?;
+        write!(
+            f,
+            "    of which this process's CPU (the worker's own work, PostgreSQL's not included): {:.2} ms per task",
+            self.overhead_cpu_ms_per_task
         )
     }
 }
@@ -190,9 +199,12 @@ async fn measure(app: &App, config: &WorkerConfig, options: &BenchOptions) -> an
     let backlog = enqueue_many(app, options.overhead_tasks, 16, options.create_cwom).await?;
     report.checkpointed = checkpoint_before_phase(app.pool()).await;
     let one_slot = WorkerConfig { concurrency: 1, project_traces: false, ..config.clone() };
+    let cpu_before = process_cpu_seconds()?;
     let seconds = run_through_backlog(app, &one_slot, backlog.len()).await?;
+    let cpu = process_cpu_seconds()? - cpu_before;
     report.overhead_tasks = backlog.len();
     report.overhead_ms_per_task = seconds * 1000.0 / backlog.len().max(1) as f64;
+    report.overhead_cpu_ms_per_task = cpu * 1000.0 / backlog.len().max(1) as f64;
     catch_up_all(app, config).await?;
 
     // The worker alone (no projector, no trace folders), then each projection catching up on what it did.
@@ -294,6 +306,14 @@ async fn run_through_backlog(app: &App, config: &WorkerConfig, tasks: usize) -> 
     .fetch_one(app.pool())
     .await?;
     Ok((ended - began).as_seconds_f64())
+}
+
+/// User and system CPU time this process has used, in seconds.
+fn process_cpu_seconds() -> anyhow::Result<f64> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
+    let seconds = |time: nix::sys::time::TimeVal| time.tv_sec() as f64 + time.tv_usec() as f64 / 1e6;
+    Ok(seconds(usage.user_time()) + seconds(usage.system_time()))
 }
 
 /// The worker and the projectors, in the background.

@@ -529,16 +529,21 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
     Ok(())
 }
 
-/// A claim for `wanted` slots carrying `ends`, started after `wakeups` wake-ups; answers with both and whether it
-/// read ahead.
-async fn claim_slots(
+/// A claim for `wanted` slots carrying `ends`, started after `wakeups` wake-ups, on a task of its own (so it and
+/// the ends waiting for it progress while the loop awaits anything else); answers with both and whether it read
+/// ahead.
+fn claim_slots(
     worker: Arc<Worker>,
     wanted: usize,
     wakeups: u64,
     read_ahead: Option<Duration>,
     ends: app::worker::CarriedEnds,
-) -> (usize, u64, bool, anyhow::Result<app::worker::ClaimBatch>) {
-    (wanted, wakeups, read_ahead.is_some(), worker.claim(wanted, read_ahead, Some(ends)).await)
+) -> impl Future<Output = (usize, u64, bool, anyhow::Result<app::worker::ClaimBatch>)> {
+    let claim = tokio::spawn(async move { worker.claim(wanted, read_ahead, Some(ends)).await });
+    async move {
+        let claimed = claim.await.unwrap_or_else(|error| Err(anyhow::anyhow!("the claim panicked: {error}")));
+        (wanted, wakeups, read_ahead.is_some(), claimed)
+    }
 }
 
 /// Runs each claimed task's attempt in `running`.

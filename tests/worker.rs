@@ -103,6 +103,29 @@ async fn count_events(test: &TestApp, task_id: &str, event_type: &str) -> usize 
     stream_types(test, task_id).await.iter().filter(|kind| *kind == event_type).count()
 }
 
+/// The executor the claims of these tests record.
+fn stub_executor() -> domain::task::run::ExecutorInfo {
+    domain::task::run::ExecutorInfo { kind: "stub".into(), version: "test".into() }
+}
+
+/// A claim of one task under a 30 s lease with three attempts and nothing else set; a test changes what it needs.
+fn claim_request<'a>(
+    worker_id: &'a str,
+    executor: &'a domain::task::run::ExecutorInfo,
+) -> app::worker::ClaimRequest<'a> {
+    app::worker::ClaimRequest {
+        worker_id,
+        limit: 1,
+        lease: Duration::from_secs(30),
+        max_attempts: 3,
+        trace_root: None,
+        executor,
+        max_time_budget: None,
+        claiming: None,
+        read_ahead: None,
+    }
+}
+
 #[tokio::test]
 async fn concurrent_claimers_claim_every_task_exactly_once() {
     let test = TestApp::spawn().await;
@@ -110,7 +133,7 @@ async fn concurrent_claimers_claim_every_task_exactly_once() {
     for n in 0..60 {
         task_ids.insert(enqueue(&test, &valid_task(), n % 3 == 0).await.0);
     }
-    let executor = domain::task::run::ExecutorInfo { kind: "stub".into(), version: "test".into() };
+    let executor = stub_executor();
     let claimers: Vec<_> = (0..8)
         .map(|n| {
             let app = test.app.clone();
@@ -123,15 +146,9 @@ async fn concurrent_claimers_claim_every_task_exactly_once() {
                     let batch = app::worker::claim(
                         &app,
                         &app::worker::ClaimRequest {
-                            worker_id: &worker_id,
                             limit: 3,
                             lease: Duration::from_secs(300),
-                            max_attempts: 3,
-                            trace_root: None,
-                            executor: &executor,
-                            max_time_budget: None,
-                            claiming: None,
-                            read_ahead: None,
+                            ..claim_request(&worker_id, &executor)
                         },
                         None,
                     )
@@ -503,21 +520,11 @@ async fn cancelling_a_running_task_stops_its_handler_within_about_a_second() {
 async fn a_stale_worker_can_never_complete_an_attempt_taken_over_after_its_lease_expired() {
     let test = TestApp::spawn().await;
     let (task_id, _) = enqueue(&test, &valid_task(), true).await;
-    let executor = domain::task::run::ExecutorInfo { kind: "stub".into(), version: "test".into() };
+    let executor = stub_executor();
     // Worker A claims with a short lease and then goes silent.
     let batch = app::worker::claim(
         &test.app,
-        &app::worker::ClaimRequest {
-            worker_id: "worker-a",
-            limit: 1,
-            lease: Duration::from_millis(300),
-            max_attempts: 3,
-            trace_root: None,
-            executor: &executor,
-            max_time_budget: None,
-            claiming: None,
-            read_ahead: None,
-        },
+        &app::worker::ClaimRequest { lease: Duration::from_millis(300), ..claim_request("worker-a", &executor) },
         None,
     )
     .await
@@ -603,20 +610,10 @@ async fn graceful_shutdown_lets_short_handlers_finish_and_releases_the_rest() {
     assert_eq!(released["status"], "queued");
     assert_eq!(released["error"], Value::Null);
     // Another worker can take it at once, as attempt 2 (a release is not a failure).
-    let executor = domain::task::run::ExecutorInfo { kind: "stub".into(), version: "test".into() };
+    let executor = stub_executor();
     let batch = app::worker::claim(
         &test.app,
-        &app::worker::ClaimRequest {
-            worker_id: "other",
-            limit: 5,
-            lease: Duration::from_secs(30),
-            max_attempts: 1,
-            trace_root: None,
-            executor: &executor,
-            max_time_budget: None,
-            claiming: None,
-            read_ahead: None,
-        },
+        &app::worker::ClaimRequest { limit: 5, max_attempts: 1, ..claim_request("other", &executor) },
         None,
     )
     .await
@@ -999,18 +996,8 @@ async fn an_end_waits_only_for_a_claim_that_is_reading_and_is_never_left_behind(
     tokio::pin!(waiting);
     assert!(tokio::time::timeout(Duration::from_millis(300), waiting.as_mut()).await.is_err(), "the end waited");
     assert_eq!(in_log(2).await, 0);
-    let executor = domain::task::run::ExecutorInfo { kind: "stub".into(), version: "test".into() };
-    let request = app::worker::ClaimRequest {
-        worker_id: "carrier",
-        limit: 1,
-        lease: Duration::from_secs(30),
-        max_attempts: 3,
-        trace_root: None,
-        executor: &executor,
-        max_time_budget: None,
-        claiming: None,
-        read_ahead: None,
-    };
+    let executor = stub_executor();
+    let request = claim_request("carrier", &executor);
     let (batch, appended) = tokio::join!(app::worker::claim(&test.app, &request, Some(carried)), waiting);
     assert!(batch.unwrap().claimed.is_empty());
     appended.unwrap();
@@ -1032,20 +1019,13 @@ async fn an_end_waits_only_for_a_claim_that_is_reading_and_is_never_left_behind(
 #[tokio::test]
 async fn a_claim_reading_ahead_gives_up_at_once_when_the_worker_shuts_down() {
     let test = TestApp::spawn().await;
-    enqueue(&test, &valid_task(), false).await;
+    let (task_id, _) = enqueue(&test, &valid_task(), false).await;
     let ends = app::worker::EndsAwaitingClaim::default();
-    let executor = domain::task::run::ExecutorInfo { kind: "stub".into(), version: "test".into() };
-    let request = app::worker::ClaimRequest {
-        worker_id: "reader",
-        limit: 1,
-        lease: Duration::from_secs(30),
-        max_attempts: 3,
-        trace_root: None,
-        executor: &executor,
-        max_time_budget: None,
-        claiming: None,
-        read_ahead: Some(Duration::from_secs(30)),
-    };
+    let executor = stub_executor();
+    let request =
+        app::worker::ClaimRequest { read_ahead: Some(Duration::from_secs(30)), ..claim_request("reader", &executor) };
+    // Reading ahead claims a task per end carried: without ends it is refused, not silently idle.
+    assert!(app::worker::claim(&test.app, &request, None).await.is_err());
     let claim = app::worker::claim(&test.app, &request, Some(ends.carry(test.app.store())));
     tokio::pin!(claim);
     // A task is due but no slot frees: the read-ahead waits.
@@ -1053,5 +1033,5 @@ async fn a_claim_reading_ahead_gives_up_at_once_when_the_worker_shuts_down() {
     ends.close();
     let batch = tokio::time::timeout(Duration::from_secs(5), claim).await.expect("gave up at once").unwrap();
     assert!(batch.gave_up && batch.claimed.is_empty(), "{batch:?}");
-    assert_eq!(count_events(&test, &test.events().await[0].stream.id, events::TASK_CLAIMED).await, 0);
+    assert_eq!(count_events(&test, &task_id, events::TASK_CLAIMED).await, 0);
 }

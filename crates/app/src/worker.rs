@@ -136,6 +136,8 @@ const MAX_CLAIM_ROUNDS: usize = 5;
 /// `ends`: the ends of the worker's attempts that arrive until this claim's read is done go in its batch (one commit
 /// for ends and claims; [`EndsAwaitingClaim::carry`]).
 pub async fn claim(app: &App, request: &ClaimRequest<'_>, ends: Option<CarriedEnds>) -> anyhow::Result<ClaimBatch> {
+    // A read-ahead claims one task per end it carries: without ends it could never claim anything.
+    anyhow::ensure!(request.read_ahead.is_none() || ends.is_some(), "a claim reading ahead must carry the ends");
     let mut batch = ClaimBatch::default();
     // Only the first round carries ends: the others follow a lost race at once.
     let mut reader = ends;

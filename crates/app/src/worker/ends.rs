@@ -43,6 +43,7 @@ impl std::fmt::Debug for EndsAwaitingClaim {
         f.debug_struct("EndsAwaitingClaim")
             .field("ends", &waiting.ends.len())
             .field("readers", &waiting.readers)
+            .field("closed", &waiting.closed)
             .finish()
     }
 }

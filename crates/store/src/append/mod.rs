@@ -245,13 +245,7 @@ impl EventStore {
 
     /// Appends one command's events atomically and returns them as stored.
     pub async fn append(&self, command: NewCommand) -> Result<Appended, AppendError> {
-        validate(&command)?;
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(vec![Pending { command, reply }])
-            .await
-            .map_err(|_| anyhow::anyhow!("the append task has stopped"))?;
-        answered(answer).await
+        self.append_all(vec![command]).await.pop().expect("one result per command")
     }
 
     /// Appends several commands in one batch (one transaction), each still all-or-nothing on its own: a command
@@ -280,14 +274,11 @@ impl EventStore {
             }
         }
         for (index, answer) in answers {
-            results[index] = Some(answered(answer).await);
+            let answered = answer.await.map_err(|_| anyhow::anyhow!("the append task dropped the command"));
+            results[index] = Some(answered.map_err(AppendError::from).and_then(|result| result));
         }
         results.into_iter().map(|result| result.expect("every command answered")).collect()
     }
-}
-
-async fn answered(answer: oneshot::Receiver<Result<Appended, AppendError>>) -> Result<Appended, AppendError> {
-    answer.await.map_err(|_| anyhow::anyhow!("the append task dropped the command"))?
 }
 
 /// The batching task: takes every command waiting, appends them as one batch, answers each caller.

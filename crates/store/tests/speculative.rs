@@ -102,7 +102,11 @@ async fn batches_sent_behind_one_that_fails_are_appended_again_and_none_is_lost(
     }
     assert_eq!(stored_streams.len(), 8 * 40 - 4);
     let stats = store.stats();
-    assert!(stats.speculative_misses >= 4, "each poisoned batch was speculative: {stats:?}");
+    // The speculative path was the one that failed (at least the first poisoned batch went that way). Not every
+    // poisoned batch does: one within 16 batches of the last miss is read first, and how many batches lie between
+    // two poisoned commands depends on how the callers' commands happen to group (fewer, larger batches under load:
+    // `>= 4` here failed a CI run with three).
+    assert!(stats.speculative_misses >= 1, "a poisoned batch was speculative: {stats:?}");
     assert!(stats.speculative_batches > 0, "{stats:?}");
     assert_eq!(crate::support::count_events(&pool).await, 1 + 2 * (8 * 40 - 4));
     assert_log_whole(&pool).await;

@@ -195,3 +195,64 @@ async fn a_read_model_a_little_behind_is_caught_up_by_the_next_append_and_one_fa
     assert_eq!(tasks_checkpoint(test.pool.clone()).await, appended.last_position());
     assert!(projections::tasks::get_task(&test.pool, &many[299]).await.unwrap().is_some());
 }
+
+/// The generic plan of `statement` on `conn`, as the appender's pipeline runs it (between `GENERIC_PLAN_ON` and
+/// `GENERIC_PLAN_OFF`, in a transaction), one line per plan node.
+async fn generic_plan(pool: &PgPool, statement: &store::sql::Statement<'_>) -> String {
+    use sqlx::{Executor as _, Row as _};
+    let mut tx = pool.begin().await.unwrap();
+    tx.execute(store::sql::GENERIC_PLAN_ON).await.unwrap();
+    tx.execute(format!("prepare generic_probe as {}", statement.sql).as_str()).await.unwrap();
+    // A generic plan does not depend on the values: nulls stand for every parameter.
+    let nulls = vec!["null"; statement.params.len()].join(", ");
+    let rows = tx.fetch_all(format!("explain execute generic_probe({nulls})").as_str()).await.unwrap();
+    tx.execute("deallocate generic_probe").await.unwrap();
+    tx.rollback().await.unwrap();
+    rows.iter().map(|row| row.get::<String, _>(0)).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test]
+async fn the_read_models_generic_statements_find_their_rows_by_index_on_a_table_never_analysed_and_after() {
+    let test = TestApp::spawn().await;
+    let (status, task) = status_and_json(test.enqueue(&valid_task()).await).await;
+    assert_eq!(status, 201, "{task}");
+    let task_id = task["task_id"].as_str().unwrap().to_owned();
+    let (status, cancelled) = status_and_json(test.client.post(format!("/tasks/{task_id}/cancel")).send().await).await;
+    assert_eq!(status, 200, "{cancelled}");
+
+    // The cancel's batch: a status change to `tasks` and a row leaving `task_queue`, as the appender sends them.
+    let events: Vec<_> =
+        test.events().await.into_iter().filter(|event| event.event_type == lifecycle::events::TASK_CANCELLED).collect();
+    assert_eq!(events.len(), 1);
+    let mut generic = Vec::new();
+    for projection in test.app.projections() {
+        for statement in projection.batch_statements(&events).unwrap().unwrap_or_default() {
+            if statement.planning == store::sql::Planning::Generic {
+                generic.push(statement);
+            }
+        }
+    }
+    let mut names: Vec<&str> = generic.iter().map(|statement| statement.what).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["update tasks", "write queue rows"]);
+
+    // The test's database is seconds old: autovacuum has not analysed its tables, the case in which PostgreSQL's
+    // own generic plans scanned them. Then with statistics of a few thousand rows.
+    for analysed in [false, true] {
+        if analysed {
+            sqlx::query(
+                "insert into task_queue (task_id, state, due_at, attempt, worker_id, version) \
+                 select 'filler-' || n, 'queued', now(), 0, null, 1 from generate_series(1, 5000) as n",
+            )
+            .execute(&test.pool)
+            .await
+            .unwrap();
+            sqlx::query("analyze tasks, task_queue").execute(&test.pool).await.unwrap();
+        }
+        for statement in &generic {
+            let plan = generic_plan(&test.pool, statement).await;
+            assert!(!plan.contains("Seq Scan"), "{} (analysed: {analysed}):\n{plan}", statement.what);
+            assert!(plan.contains("_pkey"), "{} (analysed: {analysed}):\n{plan}", statement.what);
+        }
+    }
+}

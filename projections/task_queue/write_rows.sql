@@ -21,9 +21,10 @@ moved as (
       from unnest($8::text[], $9::text[], $10::timestamptz[], $11::int[], $12::text[], $13::int[])
            as u(task_id, state, due_at, attempt, worker_id, version)
      where q.task_id = u.task_id and q.version < u.version
-       -- Redundant with the join, on purpose: it lets a cached plan find the rows in the primary key. Without it,
-       -- the plan PostgreSQL cached while the queue was small hashed the batch and read the whole queue at every
-       -- batch (9 million rows in 4 s of a 12,000-task backlog, 2026-12-04) until the table's statistics changed.
+       -- Redundant with the join, on purpose: it gives the generic plan (`Planning::Generic`, the appender's
+       -- connection) the primary key to find the rows by. Without it, a plan PostgreSQL cached while the queue was
+       -- small hashed the batch and read the whole queue at every batch (9 million rows in 4 s of a 12,000-task
+       -- backlog, 2026-12-04) until the table's statistics changed.
        and q.task_id = any($8)
 )
 select 1

@@ -135,7 +135,7 @@ impl Projection for QueueProjection {
         let mut params = vec![Param::OwnedTexts(leaving)];
         params.extend(upserts.into_params());
         params.extend(updates.into_params());
-        Ok(Some(vec![Statement::prepared(
+        Ok(Some(vec![Statement::generic(
             "write queue rows",
             include_str!("../../../projections/task_queue/write_rows.sql"),
             params,

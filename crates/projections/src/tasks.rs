@@ -101,10 +101,10 @@ impl Projection for TasksProjection {
         if !changed.is_empty() {
             let (ids, changes): (Vec<String>, Vec<Value>) =
                 changed.into_iter().map(|(id, changes)| (id, Value::Object(changes))).unzip();
-            // Planned for every batch, never prepared: a cached plan keeps the join PostgreSQL chose when the
-            // table was nearly empty (a scan of the whole table) until the table's statistics are next updated,
-            // and a fresh database's first minutes of status changes would each scan every task.
-            statements.push(Statement::planned_each_time(
+            // Never a cached plan of PostgreSQL's choosing: one made while the table was nearly empty joins by a
+            // scan of the whole table until the table's statistics are next updated, and a fresh database's first
+            // minutes of status changes would each scan every task. Generic instead: an index on every path.
+            statements.push(Statement::generic(
                 "update tasks",
                 include_str!("../../../projections/tasks/update_tasks.sql"),
                 vec![Param::OwnedTexts(ids), Param::OwnedJsonbs(changes)],

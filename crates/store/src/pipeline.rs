@@ -181,7 +181,7 @@ impl PipelinedConnection {
             let known = self.prepared.lock().expect("not poisoned");
             for step in steps {
                 if let Step::Query(statement) | Step::Execute(statement) = step {
-                    if statement.prepared
+                    if statement.is_prepared()
                         && !known.contains_key(statement.sql)
                         && !missing.iter().any(|listed| listed.sql == statement.sql)
                     {

@@ -18,22 +18,31 @@ pub struct Statement<'a> {
     /// The SQL text, `$1`... for the parameters.
     pub sql: &'static str,
     pub params: Vec<Param<'a>>,
-    /// Prepared once per connection and its plan reused (PostgreSQL may make the plan generic after five
-    /// executions); `false` to plan it for its parameters at every execution.
-    pub prepared: bool,
+    /// How PostgreSQL plans it.
+    pub planning: Planning,
     /// What it does, for errors: "insert tasks".
     pub what: &'static str,
 }
 
 impl<'a> Statement<'a> {
-    /// A statement prepared once per connection.
+    /// A statement prepared once per connection ([`Planning::Cached`]).
     pub fn prepared(what: &'static str, sql: &'static str, params: Vec<Param<'a>>) -> Statement<'a> {
-        Statement { sql, params, prepared: true, what }
+        Statement { sql, params, planning: Planning::Cached, what }
     }
 
-    /// A statement planned for its parameters at every execution, never prepared.
+    /// A statement planned for its parameters at every execution, never prepared ([`Planning::EachTime`]).
     pub fn planned_each_time(what: &'static str, sql: &'static str, params: Vec<Param<'a>>) -> Statement<'a> {
-        Statement { sql, params, prepared: false, what }
+        Statement { sql, params, planning: Planning::EachTime, what }
+    }
+
+    /// A statement whose every table is read by an index whatever its parameters ([`Planning::Generic`]).
+    pub fn generic(what: &'static str, sql: &'static str, params: Vec<Param<'a>>) -> Statement<'a> {
+        Statement { sql, params, planning: Planning::Generic, what }
+    }
+
+    /// Whether a connection prepares it once and keeps it.
+    pub fn is_prepared(&self) -> bool {
+        self.planning != Planning::EachTime
     }
 
     /// Runs it on `conn`; returns the rows it affected.
@@ -49,7 +58,10 @@ impl<'a> Statement<'a> {
 
     /// The sqlx query with every parameter bound.
     fn query(&self) -> Query<'_> {
-        self.params.iter().fold(sqlx::query(self.sql).persistent(self.prepared), |query, param| param.bind(query))
+        // On sqlx connections (projectors' catch-up, rebuilds, the append's step-by-step path) batches can be long
+        // and nothing forces a generic plan, so a `Generic` statement is planned for its parameters there.
+        let persistent = self.planning == Planning::Cached;
+        self.params.iter().fold(sqlx::query(self.sql).persistent(persistent), |query, param| param.bind(query))
     }
 
     /// The parameters' PostgreSQL types, in order.
@@ -57,6 +69,31 @@ impl<'a> Statement<'a> {
         self.params.iter().map(Param::pg_type).collect()
     }
 }
+
+/// How PostgreSQL plans a [`Statement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planning {
+    /// Prepared once per connection and its plan reused: PostgreSQL plans the first five executions for their
+    /// parameters, then keeps a generic plan if it does not look dearer than those.
+    Cached,
+    /// Planned for its parameters at every execution, never prepared: for statements whose best plan depends on
+    /// how many rows they bring (thousands in a catch-up, a few in an append).
+    EachTime,
+    /// Written so that an index serves every table it reads whatever its arrays hold (each join to a batch's
+    /// array has a redundant `= any($n)` on the table's key beside it), so one plan fits every batch. On the
+    /// appender's pipelined connection it is prepared and always run with its generic plan, made with sequential
+    /// scans disabled (`set local` around it alone, [`GENERIC_PLAN_ON`]): PostgreSQL would otherwise plan it at
+    /// every batch (its generic plan looks dearer to it than the custom ones), or, on a table it has not analysed,
+    /// make a generic plan that scans the table. Elsewhere it is planned for its parameters every time, as
+    /// [`Planning::EachTime`].
+    Generic,
+}
+
+/// Sent before a [`Planning::Generic`] statement in a pipelined transaction: its generic plan, never a sequential scan.
+pub const GENERIC_PLAN_ON: &str = "set local plan_cache_mode = force_generic_plan; set local enable_seqscan = off";
+
+/// Sent after it: the session's settings again for the statements that follow.
+pub const GENERIC_PLAN_OFF: &str = "set local plan_cache_mode = default; set local enable_seqscan = default";
 
 /// A statement parameter: a scalar, or an array that `unnest` turns into rows.
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@ mod append;
 mod blobs;
 mod guard;
 mod lost_answer;
+mod planning;
 mod pool;
 mod speculative;
 mod subscribe;

@@ -26,7 +26,7 @@ use crate::blob::{NewBlob, MAX_INLINE_BLOB_BYTES, MAX_INLINE_BLOB_BYTES_PER_COMM
 use crate::canonical::{as_jsonb_reads_back, canonical_bytes, chain_hash, CanonicalEvent};
 use crate::pipeline::{Answer, PipelinedConnection, Step};
 use crate::record::RecordedEvent;
-use crate::sql::Statement;
+use crate::sql::{Planning, Statement, GENERIC_PLAN_OFF, GENERIC_PLAN_ON};
 
 /// The key of the transaction-scoped advisory lock every append takes. Arbitrary, fixed forever.
 pub const APPEND_LOCK_KEY: i64 = 0x004a_4354_5f4c_4f47; // "JCT_LOG" in ASCII
@@ -726,7 +726,14 @@ async fn write_pipelined(
     if lock.is_some() {
         steps.push(Step::Simple("begin"));
     }
-    steps.extend(lock.iter().chain(&insert).chain(&read_models).map(Step::Execute));
+    steps.extend(lock.iter().chain(&insert).map(Step::Execute));
+    for statement in &read_models {
+        if statement.planning == Planning::Generic {
+            steps.extend([Step::Simple(GENERIC_PLAN_ON), Step::Execute(statement), Step::Simple(GENERIC_PLAN_OFF)]);
+        } else {
+            steps.push(Step::Execute(statement));
+        }
+    }
     steps.push(Step::Simple("commit"));
     let answers = connection.run_telling_when_sent(&steps, sent).await?;
     for (step, answer) in steps.iter().zip(answers) {

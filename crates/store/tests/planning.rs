@@ -1,0 +1,54 @@
+//! How the appender's pipeline plans the read models' statements: a `Generic` one runs with PostgreSQL's generic
+//! plan and sequential scans off, and only it; the statements after it run with the session's settings again.
+
+use std::sync::Arc;
+
+use sqlx::PgConnection;
+use store::sql::{Param, Statement};
+use store::{EventStore, InlineProjector, RecordedEvent};
+
+use crate::support::{command, fresh_pool};
+
+/// Read models that only record the planner settings each of their statements ran with.
+struct RecordsSettings;
+
+const RECORD: &str = "insert into settings_seen (n, plan_cache_mode, enable_seqscan) \
+                      values ($1, current_setting('plan_cache_mode'), current_setting('enable_seqscan'))";
+
+#[async_trait::async_trait]
+impl InlineProjector for RecordsSettings {
+    fn pipelined_statements<'e>(&self, _events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>> {
+        Ok(Some(vec![
+            Statement::prepared("record before", RECORD, vec![Param::Int8(1)]),
+            Statement::generic("record generic", RECORD, vec![Param::Int8(2)]),
+            Statement::planned_each_time("record after", RECORD, vec![Param::Int8(3)]),
+        ]))
+    }
+
+    async fn apply_appended(&self, _conn: &mut PgConnection, _events: &[RecordedEvent]) -> anyhow::Result<bool> {
+        anyhow::bail!("this test expects every batch to go through the pipeline")
+    }
+}
+
+#[tokio::test]
+async fn only_a_generic_statement_runs_with_the_generic_plan_and_no_sequential_scans() {
+    let pool = fresh_pool(4).await;
+    sqlx::query("create table settings_seen (n bigint, plan_cache_mode text, enable_seqscan text)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = EventStore::with_inline_projector(pool.clone(), Arc::new(RecordsSettings));
+    let appended = store.append(command(1)).await.unwrap();
+    assert!(appended.read_models_applied);
+    assert_eq!(store.stats().pipelined_batches, 1);
+
+    let seen: Vec<(i64, String, String)> =
+        sqlx::query_as("select n, plan_cache_mode, enable_seqscan from settings_seen order by n")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let expected = [(1, "auto", "on"), (2, "force_generic_plan", "off"), (3, "auto", "on")];
+    let expected: Vec<(i64, String, String)> =
+        expected.iter().map(|(n, mode, seqscan)| (*n, mode.to_string(), seqscan.to_string())).collect();
+    assert_eq!(seen, expected);
+}

@@ -455,7 +455,11 @@ async fn count_since(pool: &PgPool, event_type: &str, after: i64) -> anyhow::Res
 /// The most positions [`count_since`] looks at in one call.
 const COUNT_STRETCH: i64 = 100_000;
 
-/// Waits until `expected` events of `event_type` were appended after `after`, checking on every notification.
+/// Waits until `expected` events of `event_type` were appended after `after`, checking on a notification but never
+/// sooner than `pause` after the check before: each check is a query, and checking on every notification (one per
+/// append batch) made the bench's own waiting a load on the database and the process it measures (at one slot, a
+/// query and a wake-up per task). What the phases report comes from the events' timestamps, not from when the wait
+/// noticed them, so a later check changes no figure.
 async fn wait_for_count(
     app: &App,
     event_type: &str,
@@ -468,6 +472,7 @@ async fn wait_for_count(
     let mut wakeup = store::Wakeup::new(app.pool().clone(), pause).await;
     let (mut seen, mut looked_at) = (0, after);
     loop {
+        let checked = tokio::time::Instant::now();
         let (more, last) = count_since(app.pool(), event_type, looked_at).await?;
         (seen, looked_at) = (seen + more, last);
         if seen >= expected as i64 {
@@ -475,6 +480,7 @@ async fn wait_for_count(
         }
         anyhow::ensure!(Instant::now() < deadline, "{expected} {event_type} not seen within {timeout:?}");
         wakeup.wait().await;
+        tokio::time::sleep_until(checked + pause).await;
         wakeup.drain().await;
     }
 }
@@ -486,7 +492,7 @@ async fn wait_started(app: &App, after: i64, expected: usize, timeout: Duration)
 
 async fn wait_completed(app: &App, after: i64, expected: usize, timeout: Duration) -> anyhow::Result<()> {
     let event_type = domain::task::lifecycle::events::TASK_COMPLETED;
-    wait_for_count(app, event_type, after, expected, timeout, Duration::from_millis(100)).await
+    wait_for_count(app, event_type, after, expected, timeout, Duration::from_millis(20)).await
 }
 
 /// Waits until every read model and the trace folders have applied `position`.

@@ -1,0 +1,100 @@
+//! `jct bench` runs: each benchmark, at sizes small enough for CI, completes and prints every figure it promises,
+//! and the checks it makes along the way (hash chain, rebuilt read models, answers) come out right. Figures are
+//! never asserted on beyond being there and positive: the benches measure, these tests only keep them working.
+
+use std::process::Command;
+
+/// Runs `jct bench <args>` against the test server (each bench makes a scratch database of its own there) and
+/// returns its standard output; fails with its output if it did not succeed.
+async fn bench(args: &[&str]) -> String {
+    let server = devdb::test_server().await.expect("test server");
+    let output = Command::new(env!("CARGO_BIN_EXE_jct"))
+        .arg("bench")
+        .args(args)
+        .env("DATABASE_URL", server.admin_url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run jct bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "jct bench {args:?}: {}\n{stdout}\n{stderr}", output.status);
+    stdout
+}
+
+/// The line of `output` that contains `label`.
+fn line<'o>(output: &'o str, label: &str) -> &'o str {
+    output.lines().find(|line| line.contains(label)).unwrap_or_else(|| panic!("no line with {label:?} in:\n{output}"))
+}
+
+/// The number that follows `before` on the line that contains `label`.
+fn figure(output: &str, label: &str, before: &str) -> f64 {
+    let line = line(output, label);
+    let rest = &line[line.find(before).unwrap_or_else(|| panic!("no {before:?} in {line:?}")) + before.len()..];
+    let number: String =
+        rest.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ',').collect();
+    number.replace(',', "").parse().unwrap_or_else(|_| panic!("no number after {before:?} in {line:?}"))
+}
+
+#[tokio::test]
+async fn bench_worker_prints_wake_latency_throughput_and_overhead() {
+    let output = bench(&[
+        "worker",
+        "--overhead-tasks",
+        "5",
+        "--tasks",
+        "20",
+        "--idle-samples",
+        "3",
+        "--seconds",
+        "1",
+        "--rate",
+        "20",
+    ])
+    .await;
+    assert!(figure(&output, "RunStarted, idle", "p50") > 0.0, "{output}");
+    assert!(figure(&output, "RunStarted, idle", "p99") > 0.0, "{output}");
+    assert!(line(&output, "RunStarted, idle").ends_with("(3 samples)"), "{output}");
+    assert!(figure(&output, "tasks/s: p50", "p50") > 0.0, "{output}");
+    assert!(figure(&output, "end to end (read models", "=") > 0.0, "{output}");
+    assert!(line(&output, "end to end (read models").contains("20 tasks in"), "{output}");
+    assert!(figure(&output, "the worker alone", "backlog:") > 0.0, "{output}");
+    for projection in ["tasks", "cwom", "task_queue", "trace_folders"] {
+        line(&output, &format!("then {projection} caught up in"));
+    }
+    assert!(figure(&output, "worker overhead per task", "inline):") > 0.0, "{output}");
+    assert!(line(&output, "worker overhead per task").ends_with("(5 tasks)"), "{output}");
+    assert!(figure(&output, "this process's CPU", "included):") > 0.0, "{output}");
+}
+
+#[tokio::test]
+async fn bench_append_prints_every_row_and_a_sound_hash_chain() {
+    let output = bench(&["append", "--seconds", "1"]).await;
+    for row in [
+        "append 1-event commands, c=1 ",
+        "append 1-event commands, c=16 ",
+        "append 7-event commands, c=1 ",
+        "append 7-event commands, c=16 ",
+    ] {
+        assert!(figure(&output, row, row) > 0.0, "{output}");
+    }
+    assert!(line(&output, "hash chain after the run").contains("ok=true"), "{output}");
+}
+
+#[tokio::test]
+async fn bench_enqueue_prints_both_endpoints_and_every_answer_was_a_success() {
+    let output = bench(&["enqueue", "--seconds", "1", "--concurrency", "4"]).await;
+    assert!(figure(&output, "POST /tasks/enqueue, c=4", "c=4") > 0.0, "{output}");
+    assert!(figure(&output, "GET /tasks/{id}, c=4", "c=4") > 0.0, "{output}");
+    assert!(line(&output, "non-201 answers").ends_with("answers: 0"), "{output}");
+    assert!(line(&output, "non-200 answers").ends_with("answers: 0"), "{output}");
+}
+
+#[tokio::test]
+async fn bench_forensics_rebuilds_equal_read_models_and_verifies_the_chain() {
+    let output = bench(&["forensics", "--events", "2000", "--queries", "10"]).await;
+    assert!(figure(&output, "catch-up of every projection", "from 0") > 0.0, "{output}");
+    assert!(figure(&output, "audit query by trace_id", "queries)") > 0.0, "{output}");
+    assert!(figure(&output, "rebuild of every projection, in all", "in all") > 0.0, "{output}");
+    assert!(line(&output, "rebuilt read models equal the caught-up ones").contains("  yes ("), "{output}");
+    assert!(line(&output, "audit verify (hash chain)").contains("ok=true"), "{output}");
+}

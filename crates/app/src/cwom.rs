@@ -45,6 +45,7 @@ async fn append(
     let command = NewCommand {
         events,
         expected,
+        versions_read: Vec::new(),
         idempotency_key: None,
         trace_id: Some(trace_id.to_owned()),
         correlation_id: Some(trace_id.to_owned()),

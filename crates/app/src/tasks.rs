@@ -70,6 +70,7 @@ pub async fn enqueue(app: &App, request: EnqueueRequest) -> Result<EnqueueOutcom
         let command = NewCommand {
             events: lifecycle::enqueue(&decision),
             expected: vec![(StreamId::new(EntityKind::Task, &task_id), ExpectedVersion::NoStream)],
+            versions_read: Vec::new(),
             idempotency_key: spec.idempotency_key.clone(),
             trace_id: Some(request.trace_id.clone()),
             correlation_id: Some(request.trace_id.clone()),

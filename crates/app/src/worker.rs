@@ -194,7 +194,7 @@ async fn claim_round(
     let mut decided = Vec::new();
     let mut stale_rows = Vec::new();
     for (task_id, loaded) in task_ids.iter().zip(load_candidates(app, &task_ids, candidates.events).await?) {
-        let Loaded { events, state, cwom } = loaded;
+        let Loaded { events, state, cwom, issue_version } = loaded;
         let stream = StreamId::new(EntityKind::Task, task_id);
         let run_id = ulid::Ulid::new().to_string();
         let mut time_budget = Duration::from_secs(u64::from(state.time_budget_seconds));
@@ -228,9 +228,17 @@ async fn claim_round(
                 continue;
             }
         };
+        // The Issue's version as read tells the appender where the stream is if it does not remember it (the task
+        // was enqueued by another process): the batch then goes without a read under the lock. It is no
+        // condition: the Issue is not fenced, as before.
+        let versions_read = issue_version
+            .filter(|(issue, _)| new_events.iter().any(|event| event.data.stream == *issue))
+            .into_iter()
+            .collect();
         let command = NewCommand {
             events: new_events,
             expected: vec![(stream, ExpectedVersion::Exactly(state.version))],
+            versions_read,
             idempotency_key: None,
             trace_id: state.trace_id.clone(),
             correlation_id: state.trace_id.clone(),
@@ -331,6 +339,8 @@ struct Loaded {
     events: Vec<RecordedEvent>,
     state: TaskState,
     cwom: Option<CwomContext>,
+    /// The version of the task's Issue stream as read with it.
+    issue_version: Option<(StreamId, i32)>,
 }
 
 /// Folds the candidates' streams and CWOM context from the events the claim read with them (events are
@@ -375,10 +385,14 @@ async fn load_candidates(app: &App, task_ids: &[String], read: Vec<RecordedEvent
 
     let mut loaded = Vec::with_capacity(states.len());
     for (events, state) in states {
-        let cwom = state.cwom_issue_id.as_deref().and_then(|issue_id| {
-            cwom_context(issue_id, streams.get(issue_id).map_or(&[][..], Vec::as_slice), &streams)
-        });
-        loaded.push(Loaded { events, state, cwom });
+        let issue_events = state.cwom_issue_id.as_deref().and_then(|issue_id| streams.get(issue_id));
+        let cwom = state
+            .cwom_issue_id
+            .as_deref()
+            .and_then(|issue_id| cwom_context(issue_id, issue_events.map_or(&[][..], Vec::as_slice), &streams));
+        let issue_version =
+            issue_events.and_then(|events| events.last()).map(|last| (last.stream.clone(), last.stream_version));
+        loaded.push(Loaded { events, state, cwom, issue_version });
     }
     Ok(loaded)
 }
@@ -498,6 +512,7 @@ async fn append_fenced(
         let command = NewCommand {
             events: new_events,
             expected: vec![(StreamId::new(EntityKind::Task, &state.task_id), ExpectedVersion::Exactly(state.version))],
+            versions_read: Vec::new(),
             idempotency_key: None,
             trace_id: trace_id.map(str::to_owned).or_else(|| state.trace_id.clone()),
             correlation_id: state.trace_id.clone(),

@@ -111,3 +111,109 @@ async fn batches_sent_behind_one_that_fails_are_appended_again_and_none_is_lost(
     assert_eq!(crate::support::count_events(&pool).await, 1 + 2 * (8 * 40 - 4));
     assert_log_whole(&pool).await;
 }
+
+/// A command of one event on `stream`, expecting it at `version`.
+fn expecting(stream: &domain::event::StreamId, version: i32) -> store::NewCommand {
+    let mut next = command(1);
+    next.events[0].data.stream = stream.clone();
+    next.expected = vec![(stream.clone(), store::ExpectedVersion::Exactly(version))];
+    next
+}
+
+/// A stream of `events` events appended by `appender`.
+async fn stream_of(appender: &EventStore, events: usize) -> domain::event::StreamId {
+    let created = command(events);
+    let stream = created.events[0].data.stream.clone();
+    appender.append(created).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn a_stream_another_appender_wrote_is_taken_at_the_version_a_command_expects_and_the_guess_is_checked() {
+    let pool = fresh_pool(8).await;
+    let ours = EventStore::new(pool.clone());
+    let theirs = EventStore::new(pool.clone());
+    // Streams ours never saw: a task another process enqueued, which this process's worker claims.
+    let [claimed, behind, ahead, refused] = [
+        stream_of(&theirs, 2).await,
+        stream_of(&theirs, 3).await,
+        stream_of(&theirs, 3).await,
+        stream_of(&theirs, 3).await,
+    ];
+    ours.append(command(1)).await.unwrap(); // read first: ours now remembers the head
+
+    // A right guess: one flight, no read.
+    let appended = ours.append(expecting(&claimed, 2)).await.unwrap();
+    assert_eq!(appended.events[0].stream_version, 3);
+    let stats = ours.stats();
+    assert_eq!((stats.speculative_batches, stats.guessed_batches, stats.speculative_misses), (1, 1, 0), "{stats:?}");
+    // What it proved is remembered: the next command on the stream needs no guess.
+    ours.append(expecting(&claimed, 3)).await.unwrap();
+    assert_eq!(ours.stats().guessed_batches, 1);
+
+    // A guess behind the stream (it is at 3): the check fails the batch, a read answers the command.
+    match ours.append(expecting(&behind, 1)).await {
+        Err(AppendError::Conflict { actual: 3, .. }) => {}
+        other => panic!("a conflict at the stream's real version: {other:?}"),
+    }
+    assert_eq!(ours.stats().speculative_misses, 1);
+    // After a miss the appender reads for a while; let it speculate again.
+    for _ in 0..16 {
+        ours.append(command(1)).await.unwrap();
+    }
+
+    // A guess ahead of the stream: event 5 is not in the log; nothing is stored, a read answers.
+    match ours.append(expecting(&ahead, 5)).await {
+        Err(AppendError::Conflict { actual: 3, .. }) => {}
+        other => panic!("a conflict at the stream's real version: {other:?}"),
+    }
+    assert_eq!(ours.stats().speculative_misses, 2);
+    for _ in 0..16 {
+        ours.append(command(1)).await.unwrap();
+    }
+
+    // Two commands on a stream ours does not know, in one batch: the first, refused for its idempotency key,
+    // leaves no event, and the second would conflict with the first's guess (1) rather than with the stream (3).
+    // The batch stores nothing, yet its guess is checked before anyone is answered.
+    let mut keyed = command(1);
+    keyed.idempotency_key = Some("key-once".into());
+    ours.append(keyed.clone()).await.unwrap();
+    let mut duplicate = expecting(&refused, 1);
+    duplicate.idempotency_key = Some("key-once".into());
+    let misses = ours.stats().speculative_misses;
+    let answers = ours.append_all(vec![duplicate, expecting(&refused, 2)]).await;
+    assert!(matches!(answers[0], Err(AppendError::DuplicateIdempotencyKey { .. })), "{:?}", answers[0]);
+    assert!(matches!(answers[1], Err(AppendError::Conflict { actual: 3, .. })), "{:?}", answers[1]);
+    assert_eq!(ours.stats().speculative_misses, misses + 1);
+
+    let theirs_next = theirs.append(expecting(&behind, 3)).await.expect("nothing was stored on the wrong guesses");
+    assert_eq!(theirs_next.events[0].stream_version, 4);
+    assert_log_whole(&pool).await;
+}
+
+#[tokio::test]
+async fn a_version_read_lets_a_batch_go_without_a_read_and_one_out_of_date_costs_a_read_never_a_refusal() {
+    let pool = fresh_pool(8).await;
+    let ours = EventStore::new(pool.clone());
+    let theirs = EventStore::new(pool.clone());
+    let [issue, stale] = [stream_of(&theirs, 2).await, stream_of(&theirs, 2).await];
+    ours.append(command(1)).await.unwrap(); // read first: ours now remembers the head
+
+    // A command on a stream ours never saw, with no condition on it: as ours would assume it new, it used to miss.
+    let on = |stream: &domain::event::StreamId, read: i32| {
+        let mut next = command(1);
+        next.events[0].data.stream = stream.clone();
+        next.versions_read = vec![(stream.clone(), read)];
+        next
+    };
+    let appended = ours.append(on(&issue, 2)).await.unwrap();
+    assert_eq!(appended.events[0].stream_version, 3);
+    let stats = ours.stats();
+    assert_eq!((stats.guessed_batches, stats.speculative_misses), (1, 0), "{stats:?}");
+
+    // Out of date (the stream is at 2, not 1): the batch misses, and the command is appended after a read.
+    let appended = ours.append(on(&stale, 1)).await.expect("a version read is no condition");
+    assert_eq!(appended.events[0].stream_version, 3);
+    assert_eq!(ours.stats().speculative_misses, 1);
+    assert_log_whole(&pool).await;
+}

@@ -2,6 +2,7 @@
 //! claims and blobs (with the `NOTIFY`).
 
 use chrono::{DateTime, Utc};
+use domain::event::StreamId;
 use serde_json::Value;
 
 use super::{idempotency_claim, LogState, NewCommand, APPEND_LOCK_KEY};
@@ -51,6 +52,21 @@ pub(super) fn lock_at_head(position: i64, hash: &[u8]) -> Statement<'_> {
         "take the append lock at the expected head",
         "select append_lock_at_head($1, $2, $3)",
         vec![Param::Int8(APPEND_LOCK_KEY), Param::Int8(position), Param::Bytea(hash)],
+    )
+}
+
+/// Fails the transaction unless each stream is exactly at the version the batch guessed for it: the second
+/// statement of a speculative batch that expects versions of streams the appender does not remember
+/// (migrations/0010_append_expect_stream_versions.sql).
+pub(super) fn expect_stream_versions(guesses: &[(StreamId, i32)]) -> Statement<'_> {
+    Statement::prepared(
+        "check the stream versions the batch guessed",
+        "select append_expect_stream_versions($1, $2, $3)",
+        vec![
+            Param::Texts(guesses.iter().map(|(stream, _)| stream.kind.as_str()).collect()),
+            Param::Texts(guesses.iter().map(|(stream, _)| stream.id.as_str()).collect()),
+            Param::Int4s(guesses.iter().map(|(_, version)| *version).collect()),
+        ],
     )
 }
 

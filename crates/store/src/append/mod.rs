@@ -57,6 +57,10 @@ pub struct NewCommand {
     pub events: Vec<NewEvent>,
     /// Optimistic concurrency: the version each listed stream must be at. Unlisted streams are not checked.
     pub expected: Vec<(StreamId, ExpectedVersion)>,
+    /// Versions of streams the events append to as the caller last read them, which are no condition (unlike
+    /// `expected`): the appender may send the batch on them without reading the log first, and checks them in its
+    /// transaction; one that is out of date costs the batch a read, never the command a refusal.
+    pub versions_read: Vec<(StreamId, i32)>,
     /// A key that may belong to one command only; a repeat is [`AppendError::DuplicateIdempotencyKey`].
     pub idempotency_key: Option<String>,
     pub trace_id: Option<String>,
@@ -130,6 +134,9 @@ pub struct AppendStats {
     /// Speculative batches that did not commit (another appender wrote, a batch before them failed, or what the
     /// appender remembered was wrong), each appended again after a read: not counted above.
     pub speculative_misses: u64,
+    /// Speculative batches sent on a guess of the version of a stream the appender did not remember (a command
+    /// expected it at an exact version), counted when sent; one whose guess was wrong is also a miss.
+    pub guessed_batches: u64,
     /// Batches appended a statement at a time (a read model was behind or busy, the pipeline failed, or the
     /// previous batch went this way and read models may still be behind).
     pub stepwise_batches: u64,
@@ -140,6 +147,7 @@ struct AppendCounters {
     pipelined_batches: AtomicU64,
     speculative_batches: AtomicU64,
     speculative_misses: AtomicU64,
+    guessed_batches: AtomicU64,
     stepwise_batches: AtomicU64,
 }
 
@@ -239,6 +247,7 @@ impl EventStore {
             pipelined_batches: self.counters.pipelined_batches.load(Ordering::Relaxed),
             speculative_batches: self.counters.speculative_batches.load(Ordering::Relaxed),
             speculative_misses: self.counters.speculative_misses.load(Ordering::Relaxed),
+            guessed_batches: self.counters.guessed_batches.load(Ordering::Relaxed),
             stepwise_batches: self.counters.stepwise_batches.load(Ordering::Relaxed),
         }
     }
@@ -320,6 +329,9 @@ struct InFlight {
     replies: Vec<Reply>,
     /// Whether it sent any event (a batch whose every command was refused sends nothing).
     sent_events: bool,
+    /// Whether it guessed the version of a stream the appender did not remember: nothing is sent behind it until
+    /// it is answered, since what the appender remembers after it holds the guess, true only if it commits.
+    guessed: bool,
     /// The batch's slots back, and whether its transaction committed.
     outcome: tokio::task::JoinHandle<(Vec<Slot>, anyhow::Result<()>)>,
 }
@@ -348,7 +360,8 @@ impl Appender {
                     Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
             }
-            if !waiting.is_empty() && in_flight.len() < BATCHES_IN_FLIGHT {
+            let behind_a_guess = in_flight.iter().any(|flight| flight.guessed);
+            if !waiting.is_empty() && in_flight.len() < BATCHES_IN_FLIGHT && !behind_a_guess {
                 if let Some(flight) = self.send_speculatively(&mut waiting).await {
                     in_flight.push_back(flight);
                     continue;
@@ -362,8 +375,11 @@ impl Appender {
             }
             // Wait for the oldest batch on its way to be answered, or (with room for another behind it and nothing
             // waiting) for a command to send behind it.
-            let can_send_more =
-                open && waiting.is_empty() && in_flight.len() < BATCHES_IN_FLIGHT && self.known.is_some();
+            let can_send_more = open
+                && waiting.is_empty()
+                && in_flight.len() < BATCHES_IN_FLIGHT
+                && !behind_a_guess
+                && self.known.is_some();
             let oldest = in_flight.front_mut().expect("a batch in flight");
             tokio::select! {
                 biased;
@@ -381,10 +397,13 @@ impl Appender {
 
     /// Checks `waiting` against what the appender remembers of the log and sends it through the pipeline, behind
     /// any batch still on its way, without waiting for its answer; `None` (and `waiting` untouched) when the batch
-    /// must be checked against a read instead: nothing is remembered, or a command expects a version of a stream
-    /// the appender does not know. What it assumes without reading (a stream it does not know is new, a key it does
-    /// not know is free, the head is where its last batch left it) the transaction checks: its first statement
-    /// fails unless the head is as expected, and a wrong version or a taken key collides with a unique constraint.
+    /// must be checked against a read instead: nothing is remembered. What it assumes without reading the
+    /// transaction checks: its first statement fails unless the head is where the appender's last batch left it; a
+    /// stream it does not know is taken to be new and a key it does not know free (a wrong guess collides with a
+    /// unique constraint); and a stream it does not know that a command expects (or read) at version n is taken
+    /// to be at n (a stream another process wrote, say a task a worker claims), which its second statement checks
+    /// ([`insert::expect_stream_versions`]). A batch that guessed a version is sent even if every command was
+    /// refused (the refusals may rest on the guess) and nothing is sent behind it until it is answered.
     async fn send_speculatively(&mut self, waiting: &mut Vec<Pending>) -> Option<InFlight> {
         if !self.pipelining {
             return None;
@@ -394,33 +413,46 @@ impl Appender {
             return None;
         }
         let connection = self.pipelined.as_ref().filter(|connection| !connection.is_closed())?.clone();
-        let known = self.known.as_ref()?;
-        let unknown_expectation = waiting.iter().any(|pending| {
-            pending.command.expected.iter().any(|(stream, expected)| {
-                matches!(expected, ExpectedVersion::Exactly(version) if *version != 0)
-                    && !known.versions.contains_key(&(stream.kind.as_str().to_owned(), stream.id.clone()))
-            })
-        });
-        if unknown_expectation {
-            return None;
+        let mut known = self.known.take()?;
+        // The first exact expectation, or else version read, of each stream it does not know, taken as the
+        // stream's version.
+        let mut guesses: Vec<(StreamId, i32)> = Vec::new();
+        let expected =
+            waiting.iter().flat_map(|pending| &pending.command.expected).filter_map(
+                |(stream, expected)| match expected {
+                    ExpectedVersion::Exactly(version) => Some((stream, *version)),
+                    _ => None,
+                },
+            );
+        let read = waiting.iter().flat_map(|pending| &pending.command.versions_read).map(|(stream, v)| (stream, *v));
+        for (stream, version) in expected.chain(read) {
+            let key = (stream.kind.as_str().to_owned(), stream.id.clone());
+            if version != 0 && !known.versions.contains_key(&key) {
+                known.versions.insert(key, version);
+                guesses.push((stream.clone(), version));
+            }
         }
-        let known = self.known.take().expect("checked above");
         let head = (known.head_position, known.head_hash.clone());
         let (commands, replies): (Vec<_>, Vec<_>) =
             waiting.drain(..).map(|pending| (pending.command, pending.reply)).unzip();
         let (mut slots, blobs, after) = record_batch(commands, known);
         let (events, counts) = take_events(&mut slots);
         let sent_events = !events.is_empty();
+        let guessed = !guesses.is_empty();
+        if guessed {
+            self.counters.guessed_batches.fetch_add(1, Ordering::Relaxed);
+        }
         let head_position = after.head_position;
         let inline = self.inline.clone();
         let (sent, fully_sent) = oneshot::channel();
         let outcome = tokio::spawn(async move {
-            let written = if events.is_empty() {
+            let written = if events.is_empty() && guesses.is_empty() {
                 let _ = sent.send(true);
                 Ok(())
             } else {
                 let at_head = Some((head.0, head.1.as_slice()));
-                write_pipelined(&connection, inline.as_deref(), at_head, &events, &blobs, head_position, |all| {
+                let flight = Flight { at_head, guesses: &guesses, events: &events, blobs: &blobs, head_position };
+                write_pipelined(&connection, inline.as_deref(), flight, |all| {
                     let _ = sent.send(all);
                 })
                 .await
@@ -430,7 +462,7 @@ impl Appender {
         });
         // Until the batch has gone out whole, nothing else may be sent: a transaction left open would take it in.
         self.known = fully_sent.await.unwrap_or(false).then(|| forget_if_too_many(after));
-        Some(InFlight { replies, sent_events, outcome })
+        Some(InFlight { replies, sent_events, guessed, outcome })
     }
 
     /// Answers the callers of a speculative batch once it has been answered. If it failed, nothing of it committed,
@@ -572,9 +604,9 @@ impl Appender {
         }
         let (mut slots, blobs, after) = record_batch(commands, state);
         let (events, counts) = take_events(&mut slots);
-        let written =
-            write_pipelined(connection, self.inline.as_deref(), None, &events, &blobs, after.head_position, |_| ())
-                .await;
+        let flight =
+            Flight { at_head: None, guesses: &[], events: &events, blobs: &blobs, head_position: after.head_position };
+        let written = write_pipelined(connection, self.inline.as_deref(), flight, |_| ()).await;
         give_back_events(&mut slots, events, &counts, self.inline.is_some());
         match written {
             Ok(()) => {
@@ -686,6 +718,19 @@ fn pipelined_log_state(answers: Vec<Result<Answer, tokio_postgres::Error>>) -> a
     log_state_of!(rows, tokio_postgres::Error)
 }
 
+/// What one flight of [`write_pipelined`] writes.
+struct Flight<'f> {
+    /// The head a speculative batch was checked against (its flight opens the transaction and takes the lock
+    /// there); `None` for the second flight of a batch after a read.
+    at_head: Option<(i64, &'f [u8])>,
+    /// The versions a speculative batch guessed for streams the appender did not remember.
+    guesses: &'f [(StreamId, i32)],
+    events: &'f [RecordedEvent],
+    blobs: &'f [(NewBlob, i64)],
+    /// The head position before the batch.
+    head_position: i64,
+}
+
 /// The insert (if any command passed its checks), the read models' statements and `commit`, as one flight: the
 /// second of a batch after a read, or (with `at_head`, the head it was checked against) the whole of a speculative
 /// batch, opened by `begin` and the lock taken at that head. `sent` is told whether the whole flight went out. Any
@@ -694,12 +739,10 @@ fn pipelined_log_state(answers: Vec<Result<Answer, tokio_postgres::Error>>) -> a
 async fn write_pipelined(
     connection: &PipelinedConnection,
     inline: Option<&dyn InlineProjector>,
-    at_head: Option<(i64, &[u8])>,
-    events: &[RecordedEvent],
-    blobs: &[(NewBlob, i64)],
-    head_position: i64,
+    flight: Flight<'_>,
     sent: impl FnOnce(bool),
 ) -> anyhow::Result<()> {
+    let Flight { at_head, guesses, events, blobs, head_position } = flight;
     let mut rows = InsertColumns::default();
     for event in events {
         rows.push(event);
@@ -708,6 +751,7 @@ async fn write_pipelined(
         rows.push_blob(blob, *position);
     }
     let lock = at_head.map(|(position, hash)| insert::lock_at_head(position, hash));
+    let expect = (!guesses.is_empty()).then(|| insert::expect_stream_versions(guesses));
     let insert = (!rows.is_empty()).then(|| rows.into_statement(head_position));
     let read_models = match inline {
         Some(inline) if !events.is_empty() => inline
@@ -726,7 +770,7 @@ async fn write_pipelined(
     if lock.is_some() {
         steps.push(Step::Simple("begin"));
     }
-    steps.extend(lock.iter().chain(&insert).map(Step::Execute));
+    steps.extend(lock.iter().chain(&expect).chain(&insert).map(Step::Execute));
     for statement in &read_models {
         if statement.planning == Planning::Generic {
             steps.extend([Step::Simple(GENERIC_PLAN_ON), Step::Execute(statement), Step::Simple(GENERIC_PLAN_OFF)]);
@@ -928,7 +972,9 @@ impl Slot {
                 }
             })
             .collect();
-        NewCommand { events, expected, idempotency_key, trace_id, correlation_id, causation_id, blobs }
+        // Appended again after a read, which tells it every version: what was read before is not kept.
+        let versions_read = Vec::new();
+        NewCommand { events, expected, versions_read, idempotency_key, trace_id, correlation_id, causation_id, blobs }
     }
 }
 

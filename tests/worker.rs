@@ -1035,3 +1035,24 @@ async fn a_claim_reading_ahead_gives_up_at_once_when_the_worker_shuts_down() {
     assert!(batch.gave_up && batch.claimed.is_empty(), "{batch:?}");
     assert_eq!(count_events(&test, &task_id, events::TASK_CLAIMED).await, 0);
 }
+
+#[tokio::test]
+async fn a_worker_in_a_process_of_its_own_claims_without_reading_the_log_under_the_lock() {
+    let test = TestApp::spawn().await;
+    for _ in 0..3 {
+        enqueue(&test, &valid_task(), true).await;
+    }
+    // The worker's process: an App of its own on the same database, whose appender never saw those tasks or
+    // their Issues.
+    let worker_process = app::App::start(test.pool.clone(), crate::harness::test_config()).await.unwrap();
+    let executor = stub_executor();
+    let request = claim_request("own-process", &executor);
+    for _ in 0..3 {
+        let batch = app::worker::claim(&worker_process, &request, None).await.unwrap();
+        assert_eq!(batch.claimed.len(), 1, "{batch:?}");
+    }
+    // The first batch reads under the lock (nothing remembered yet); the others go on what the claims read: the
+    // task's version (its condition) and its Issue's (no condition), each checked in the batch's transaction.
+    let stats = worker_process.store().stats();
+    assert_eq!((stats.guessed_batches, stats.speculative_batches, stats.speculative_misses), (2, 2, 0), "{stats:?}");
+}

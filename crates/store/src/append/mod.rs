@@ -135,7 +135,8 @@ pub struct AppendStats {
     /// appender remembered was wrong), each appended again after a read: not counted above.
     pub speculative_misses: u64,
     /// Speculative batches sent on a guess of the version of a stream the appender did not remember (a command
-    /// expected it at an exact version), counted when sent; one whose guess was wrong is also a miss.
+    /// expected it at an exact version, or read it there), counted when sent; one whose guess was wrong is also a
+    /// miss.
     pub guessed_batches: u64,
     /// Batches appended a statement at a time (a read model was behind or busy, the pipeline failed, or the
     /// previous batch went this way and read models may still be behind).

@@ -392,6 +392,10 @@ async fn health_version_and_metrics_answer() {
     assert!(metrics.contains("jct_tasks{status=\"queued\"} 1"), "{metrics}");
     assert!(metrics.contains("jct_projection_lag_events{projection=\"tasks\"} 0"), "{metrics}");
     assert!(metrics.contains("jct_http_requests_total"), "{metrics}");
+    // The one enqueue: the appender's first batch reads under the lock (it remembers nothing yet).
+    assert!(metrics.contains("\njct_append_pipelined_batches_total 1\n"), "{metrics}");
+    assert!(metrics.contains("\njct_append_speculative_batches_total 0\n"), "{metrics}");
+    assert!(metrics.contains("\njct_append_speculative_misses_total 0\n"), "{metrics}");
     let (status, body) = status_and_json(test.client.get("/no/such/route").send().await).await;
     assert_eq!((status, body), (404, json!({"detail": "Not Found"})));
 }

@@ -65,11 +65,12 @@ impl SystemApi {
     }
 
     /// Metrics in the Prometheus text format: HTTP requests and latencies, events appended, projection lag,
-    /// tasks by status, worker claims and failures.
+    /// tasks by status, worker claims and failures, and how this process's appends went.
     #[oai(path = "/metrics", method = "get", operation_id = "metrics", tag = "ApiTags::System")]
     async fn metrics(&self, app: Data<&App>, metrics: Data<&Arc<Metrics>>) -> poem::Result<MetricsResponse> {
         let mut text = metrics.render();
         text.push_str(&app::system::database_metrics(&app).await.map_err(|error| crate::error::internal(&error))?);
+        text.push_str(&app::system::append_metrics(&app).map_err(|error| crate::error::internal(&error))?);
         Ok(MetricsResponse::Ok(PlainText(text)))
     }
 }

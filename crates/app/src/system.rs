@@ -1,4 +1,4 @@
-//! System use cases: the database-side metrics for `/metrics`.
+//! System use cases: the database-side metrics for `/metrics`, and this process's appender's.
 
 use std::fmt::Write as _;
 
@@ -37,6 +37,42 @@ pub async fn database_metrics(app: &App) -> anyhow::Result<String> {
     .await?;
     for (event_type, count) in counts {
         writeln!(text, "jct_worker_events_total{{event_type=\"{event_type}\"}} {count}")?;
+    }
+    Ok(text)
+}
+
+/// This process's appender since it started (`store::AppendStats`), in the Prometheus text format: how its batches
+/// went, and how often a batch sent without a read missed (another process appended since, or a guess was wrong).
+/// Unlike [`database_metrics`], each process reports its own.
+pub fn append_metrics(app: &App) -> anyhow::Result<String> {
+    let stats = app.store().stats();
+    let mut text = String::new();
+    for (name, help, value) in [
+        (
+            "jct_append_pipelined_batches_total",
+            "Append batches through the pipeline, read models included (one flight, or two after a read).",
+            stats.pipelined_batches,
+        ),
+        (
+            "jct_append_speculative_batches_total",
+            "Of those, batches sent on what the appender remembered, without a read under the lock.",
+            stats.speculative_batches,
+        ),
+        (
+            "jct_append_guessed_batches_total",
+            "Batches sent on a guessed version of a stream the appender did not remember.",
+            stats.guessed_batches,
+        ),
+        (
+            "jct_append_speculative_misses_total",
+            "Batches sent without a read that did not commit and were appended again after one.",
+            stats.speculative_misses,
+        ),
+        ("jct_append_stepwise_batches_total", "Append batches a statement at a time.", stats.stepwise_batches),
+    ] {
+        writeln!(text, "# HELP {name} {help} This process's appender.")?;
+        writeln!(text, "# TYPE {name} counter")?;
+        writeln!(text, "{name} {value}")?;
     }
     Ok(text)
 }

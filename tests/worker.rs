@@ -864,6 +864,20 @@ async fn deleting_the_trace_root_and_rebuilding_reproduces_every_file_byte_for_b
     }
 }
 
+/// Runs the worker loop with `config` until `tasks` tasks have completed, then shuts it down gracefully.
+async fn run_until_completed(test: &TestApp, config: WorkerConfig, tasks: usize, timeout: Duration) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(worker::run(test.app.clone(), config, async move {
+        let _ = stopped.await;
+    }));
+    wait_until(timeout, || async {
+        test.events().await.iter().filter(|event| event.event_type == events::TASK_COMPLETED).count() == tasks
+    })
+    .await;
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn a_worker_never_runs_more_handlers_at_once_than_its_concurrency() {
     let test = TestApp::spawn().await;
@@ -872,16 +886,7 @@ async fn a_worker_never_runs_more_handlers_at_once_than_its_concurrency() {
     for _ in 0..6 {
         task_ids.push(enqueue(&test, &task_with(json!({"stub": {"sleep_ms": 150}})), false).await.0);
     }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(worker::run(test.app.clone(), config, async move {
-        let _ = stopped.await;
-    }));
-    wait_until(Duration::from_secs(20), || async {
-        test.events().await.iter().filter(|event| event.event_type == events::TASK_COMPLETED).count() == 6
-    })
-    .await;
-    stop.send(()).unwrap();
-    worker.await.unwrap().unwrap();
+    run_until_completed(&test, config, 6, Duration::from_secs(20)).await;
     // Each handler's log spans its run: from its first line to its last (written as the stub returns), on the
     // worker's clock. At no moment were more than two of those intervals open.
     let mut edges: Vec<(String, i32)> = Vec::new();
@@ -916,16 +921,7 @@ async fn a_worker_with_one_slot_records_each_end_in_the_transaction_of_the_next_
     for n in 0..20 {
         task_ids.insert(enqueue(&test, &valid_task(), n % 2 == 0).await.0);
     }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(worker::run(test.app.clone(), config, async move {
-        let _ = stopped.await;
-    }));
-    wait_until(Duration::from_secs(30), || async {
-        test.events().await.iter().filter(|event| event.event_type == events::TASK_COMPLETED).count() == 20
-    })
-    .await;
-    stop.send(()).unwrap();
-    worker.await.unwrap().unwrap();
+    run_until_completed(&test, config, 20, Duration::from_secs(30)).await;
 
     // Each task claimed, started and completed once.
     let events = test.events().await;

@@ -385,13 +385,13 @@ async fn load_candidates(app: &App, task_ids: &[String], read: Vec<RecordedEvent
 
     let mut loaded = Vec::with_capacity(states.len());
     for (events, state) in states {
-        let issue_events = state.cwom_issue_id.as_deref().and_then(|issue_id| streams.get(issue_id));
-        let cwom = state
+        let issue = state
             .cwom_issue_id
             .as_deref()
-            .and_then(|issue_id| cwom_context(issue_id, issue_events.map_or(&[][..], Vec::as_slice), &streams));
+            .map(|issue_id| (issue_id, streams.get(issue_id).map_or(&[][..], Vec::as_slice)));
+        let cwom = issue.and_then(|(issue_id, events)| cwom_context(issue_id, events, &streams));
         let issue_version =
-            issue_events.and_then(|events| events.last()).map(|last| (last.stream.clone(), last.stream_version));
+            issue.and_then(|(_, events)| events.last()).map(|last| (last.stream.clone(), last.stream_version));
         loaded.push(Loaded { events, state, cwom, issue_version });
     }
     Ok(loaded)

@@ -128,6 +128,13 @@ async fn stream_of(appender: &EventStore, events: usize) -> domain::event::Strea
     stream
 }
 
+/// Appends the batches an appender reads first after a miss (16), so that its next batch is speculative again.
+async fn speculate_again(appender: &EventStore) {
+    for _ in 0..16 {
+        appender.append(command(1)).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_stream_another_appender_wrote_is_taken_at_the_version_a_command_expects_and_the_guess_is_checked() {
     let pool = fresh_pool(8).await;
@@ -157,10 +164,7 @@ async fn a_stream_another_appender_wrote_is_taken_at_the_version_a_command_expec
         other => panic!("a conflict at the stream's real version: {other:?}"),
     }
     assert_eq!(ours.stats().speculative_misses, 1);
-    // After a miss the appender reads for a while; let it speculate again.
-    for _ in 0..16 {
-        ours.append(command(1)).await.unwrap();
-    }
+    speculate_again(&ours).await;
 
     // A guess ahead of the stream: event 5 is not in the log; nothing is stored, a read answers.
     match ours.append(expecting(&ahead, 5)).await {
@@ -168,9 +172,7 @@ async fn a_stream_another_appender_wrote_is_taken_at_the_version_a_command_expec
         other => panic!("a conflict at the stream's real version: {other:?}"),
     }
     assert_eq!(ours.stats().speculative_misses, 2);
-    for _ in 0..16 {
-        ours.append(command(1)).await.unwrap();
-    }
+    speculate_again(&ours).await;
 
     // Two commands on a stream ours does not know, in one batch: the first, refused for its idempotency key,
     // leaves no event, and the second would conflict with the first's guess (1) rather than with the stream (3).

@@ -27,7 +27,9 @@ admitted as (
        and e.position > (select position from projection_checkpoints where name = 'task_queue')
        and not exists (select 1 from audit_log t
                         where t.entity_kind = 'Task' and t.entity_id = e.entity_id
-                          and t.event_type in ('TaskCompleted', 'TaskFailed', 'TaskCancelled'))
+                          and t.event_type in ('TaskCompleted', 'TaskFailed', 'TaskCancelled')
+                        -- looked up by the stream's key for each event, never joined (see `task_events`)
+                        offset 0)
      order by e.position
     on conflict (task_id) do nothing
     returning task_id, due_at
@@ -48,8 +50,15 @@ picked as materialized (
      order by random()
      limit $1
 ),
+-- Each stream is read by its key, (entity_kind, entity_id), once per picked task, Issue or linked object: a lateral
+-- subquery behind `offset 0`, which PostgreSQL plans on its own with the id as a parameter. As a join, its generic
+-- plan (built at a connection's sixth claim, maybe on a nearly empty log, and kept until the log is analysed)
+-- could read every event of the kind and filter them by id: a claim that grew with the log (31 ms at 10,000
+-- tasks), which sank the worker of a fresh `jct up` at 300 tasks/s.
 task_events as (
-    select * from audit_log where entity_kind = 'Task' and entity_id in (select task_id from picked)
+    select a.* from picked p
+     cross join lateral (select * from audit_log a where a.entity_kind = 'Task' and a.entity_id = p.task_id
+                         offset 0) a
 ),
 issue_ids as (
     select distinct payload -> 'task' ->> 'cwom_issue_id' as id
@@ -57,7 +66,8 @@ issue_ids as (
      where event_type = 'TaskCreated' and payload -> 'task' ->> 'cwom_issue_id' is not null
 ),
 issue_events as (
-    select a.* from audit_log a join issue_ids i on a.entity_id = i.id where a.entity_kind = 'Issue'
+    select a.* from issue_ids i
+     cross join lateral (select * from audit_log a where a.entity_kind = 'Issue' and a.entity_id = i.id offset 0) a
 ),
 linked as (
     select distinct payload ->> 'linked_kind' as kind, payload ->> 'linked_id' as id
@@ -69,7 +79,8 @@ streams as (
     union all
     select * from issue_events
     union all
-    select * from audit_log where (entity_kind, entity_id) in (select kind, id from linked)
+    select a.* from linked l
+     cross join lateral (select * from audit_log a where a.entity_kind = l.kind and a.entity_id = l.id offset 0) a
 )
 select clock.now, s.position, s.event_id, s.ts, s.entity_kind, s.entity_id, s.stream_version, s.event_type,
        s.schema_version, s.payload, s.action, s.actor_kind, s.actor_id, null::jsonb as before, null::jsonb as after,

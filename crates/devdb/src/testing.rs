@@ -203,6 +203,26 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The generic plan PostgreSQL makes for `sql` on `pool`'s database as it is now, one line per plan node: the plan
+/// a pooled connection caches for a prepared statement from its sixth execution on, and keeps until the tables'
+/// statistics change (with autovacuum off, never). `arguments` is the SQL list of values to explain it with; a
+/// generic plan does not depend on them. Every parameter must have its type written in `sql` (`$1::text[]`) or
+/// inferable from it.
+pub async fn generic_plan(pool: &sqlx::PgPool, sql: &str, arguments: &str) -> anyhow::Result<String> {
+    use sqlx::Row as _;
+    let mut tx = pool.begin().await?;
+    tx.execute("set local plan_cache_mode = force_generic_plan").await?;
+    tx.execute(format!("prepare jct_generic_plan_probe as {sql}").as_str()).await.context("prepare")?;
+    let rows = tx.fetch_all(format!("explain execute jct_generic_plan_probe({arguments})").as_str()).await?;
+    // A prepared statement outlives its transaction.
+    tx.execute("deallocate jct_generic_plan_probe").await?;
+    tx.rollback().await?;
+    rows.iter()
+        .map(|row| row.try_get::<String, _>(0).context("a plan line"))
+        .collect::<Result<Vec<_>, _>>()
+        .map(|lines| lines.join("\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -374,6 +374,10 @@ pub struct Candidates {
     pub task_ids: Vec<String>,
 }
 
+/// The claim's one read ([`claim_candidates`]): `$1` the tasks wanted, `$2` the window they are drawn from, `$3` the
+/// tasks to leave out.
+pub const CLAIM_CANDIDATES_SQL: &str = include_str!("../../../projections/task_queue/claim_candidates.sql");
+
 /// Up to `limit` tasks claimable now (queued and due, or under an expired lease), drawn at random from the
 /// `window` due longest, with everything deciding their claims needs, in one statement and no transaction
 /// (`projections/task_queue/claim_candidates.sql`): newly enqueued tasks the projector has not applied yet are
@@ -386,7 +390,7 @@ pub async fn claim_candidates(
     window: usize,
     exclude: &[String],
 ) -> anyhow::Result<Candidates> {
-    let rows = sqlx::query(include_str!("../../../projections/task_queue/claim_candidates.sql"))
+    let rows = sqlx::query(CLAIM_CANDIDATES_SQL)
         .bind(i64::try_from(limit).context("claim limit out of range")?)
         .bind(i64::try_from(window.max(limit)).context("claim window out of range")?)
         .bind(exclude)

@@ -45,6 +45,13 @@ impl NewBlob {
     }
 }
 
+/// The read of [`read_blobs`]: each digest of `$1` looked up by the primary key, in a lateral subquery behind
+/// `offset 0` that PostgreSQL plans on its own. Written as `digest = any($1)`, the generic plan a pooled connection
+/// made on a nearly empty table was a sequential scan, kept until the table was analysed (never, with autovacuum
+/// off): the trace folders' blob reads grew with every blob stored (5-10 ms at 3,000 blobs).
+pub const READ_BLOBS_SQL: &str = "select b.digest, b.content from unnest($1::text[]) as d(digest) \
+     cross join lateral (select digest, content from blobs where digest = d.digest offset 0) as b";
+
 /// The stored content of those of `digests` that are in `blobs`, by digest (absent ones are left out).
 pub async fn read_blobs<'c>(
     executor: impl PgExecutor<'c>,
@@ -53,11 +60,8 @@ pub async fn read_blobs<'c>(
     if digests.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("select digest, content from blobs where digest = any($1)")
-        .bind(digests)
-        .fetch_all(executor)
-        .await
-        .context("read blobs")?;
+    let rows: Vec<(String, Vec<u8>)> =
+        sqlx::query_as(READ_BLOBS_SQL).bind(digests).fetch_all(executor).await.context("read blobs")?;
     Ok(rows.into_iter().collect())
 }
 

@@ -174,12 +174,6 @@ pub async fn read_trace<'c>(executor: impl PgExecutor<'c>, trace_id: &str) -> an
 
 /// Every event of several streams in one round trip, in position order (so each stream's events are in version
 /// order); group them by `event.stream`. A stream named twice is read once.
-///
-/// Each stream is looked up on its own in the stream index (a lateral join: the only plans PostgreSQL can choose
-/// read that index once per stream). As `(entity_kind, entity_id) in (select ... from unnest(...))` the planner,
-/// misled by the log's statistics (it guessed 460 events a stream), hashed the ids and read the whole log in
-/// parallel instead: 100 ms and three processes a call at 200,000 events, measured on 2026-12-04 while the trace
-/// folders caught up, competing with the worker for the machine.
 pub async fn read_streams<'c>(
     executor: impl PgExecutor<'c>,
     streams: &[StreamId],
@@ -189,16 +183,26 @@ pub async fn read_streams<'c>(
     }
     let kinds: Vec<&str> = streams.iter().map(|stream| stream.kind.as_str()).collect();
     let ids: Vec<&str> = streams.iter().map(|stream| stream.id.as_str()).collect();
-    let rows = sqlx::query(&format!(
+    let rows =
+        sqlx::query(&read_streams_sql()).bind(&kinds).bind(&ids).fetch_all(executor).await.context("read streams")?;
+    rows.iter().map(|row| RecordedEvent::from_row(row).context("decode event")).collect()
+}
+
+/// [`read_streams`]' statement: `$1` the streams' kinds, `$2` their ids.
+///
+/// Each stream is looked up on its own in the stream index: a lateral subquery behind `offset 0`, which PostgreSQL
+/// plans on its own with the stream as a parameter, so the only plans it can choose read that index once per
+/// stream. As `(entity_kind, entity_id) in (select ... from unnest(...))` the planner, misled by the log's
+/// statistics (it guessed 460 events a stream), hashed the ids and read the whole log in parallel instead: 100 ms
+/// and three processes a call at 200,000 events, measured on 2026-12-04 while the trace folders caught up,
+/// competing with the worker for the machine. Without `offset 0` the lateral subquery is pulled up into a join, and
+/// the generic plan of a connection that prepared it on a nearly empty log was that same hash join over the whole
+/// log, kept until the log is analysed.
+pub fn read_streams_sql() -> String {
+    format!(
         "select e.* from (select distinct kind, id from unnest($1::text[], $2::text[]) as u(kind, id)) as s \
            cross join lateral (select {COLUMNS} from audit_log a \
-                                where a.entity_kind = s.kind and a.entity_id = s.id) as e \
+                                where a.entity_kind = s.kind and a.entity_id = s.id offset 0) as e \
           order by e.position"
-    ))
-    .bind(&kinds)
-    .bind(&ids)
-    .fetch_all(executor)
-    .await
-    .context("read streams")?;
-    rows.iter().map(|row| RecordedEvent::from_row(row).context("decode event")).collect()
+    )
 }

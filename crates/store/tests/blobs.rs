@@ -79,3 +79,12 @@ async fn a_stored_blob_never_changes() {
     }
     assert_eq!(stored(&pool).await[0].2, b"kept");
 }
+
+#[tokio::test]
+async fn blobs_are_read_by_their_key_even_when_planned_on_an_empty_table_never_analysed() {
+    let pool = fresh_pool(2).await;
+    // `blobs` is empty (guessed at ten pages) and has never been analysed.
+    let plan = devdb::generic_plan(&pool, store::blob::READ_BLOBS_SQL, "'{sha256:a,sha256:b}'").await.unwrap();
+    assert!(!plan.contains("Seq Scan on blobs"), "{plan}");
+    assert!(plan.contains("Index Cond: (digest = d.digest)"), "{plan}");
+}

@@ -52,3 +52,13 @@ async fn only_a_generic_statement_runs_with_the_generic_plan_and_no_sequential_s
         expected.iter().map(|(n, mode, seqscan)| (*n, mode.to_string(), seqscan.to_string())).collect();
     assert_eq!(seen, expected);
 }
+
+#[tokio::test]
+async fn streams_are_read_by_their_key_even_when_planned_on_an_empty_log_never_analysed() {
+    let pool = fresh_pool(2).await;
+    // The log is empty (guessed at ten pages) and has never been analysed: without its fence the lateral lookup was
+    // pulled up into a hash join over a sequential scan of the whole log.
+    let plan = devdb::generic_plan(&pool, &store::read::read_streams_sql(), "'{Task,Issue}', '{a,b}'").await.unwrap();
+    assert!(!plan.contains("Seq Scan on audit_log"), "{plan}");
+    assert!(plan.contains("Index Cond: ((entity_kind = u.kind) AND (entity_id = u.id))"), "{plan}");
+}

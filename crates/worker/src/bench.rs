@@ -6,6 +6,8 @@
 //!   time the worker's claim stamps on it as it appends it (same clock: worker and clients run in this process).
 //!   `TaskEnqueued`'s own `ts` is no start: the appender stamps it before it inserts the batch and folds the
 //!   read models inline, a few milliseconds before the commit that makes the task visible to anyone.
+//!   Measured first, on the fresh database, so that the worker's connections make their plans on a young log as
+//!   a fresh deployment's do.
 //! - **End-to-end throughput** with the stub at zero simulated work: a backlog of tasks enqueued first, then
 //!   one worker process (this one) and the projectors run until every task is completed and every read model
 //!   and the trace folders have applied the last completion.
@@ -194,6 +196,55 @@ async fn measure(app: &App, config: &WorkerConfig, options: &BenchOptions) -> an
     let mut report =
         BenchReport { concurrency: options.concurrency, create_cwom: options.create_cwom, ..BenchReport::default() };
 
+    // Wake latency first, on the fresh database: the worker's connections make their plans on a young log, as a
+    // fresh deployment's do (a claim planned on the empty log once read every task's events, ADR 0012; the later
+    // phases would hide that).
+    let background = Background::start(app, config);
+    // Idle wake latency: one task at a time, the worker waiting.
+    checkpoint_before_phase(app.pool()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut idle = Vec::new();
+    for _ in 0..options.idle_samples {
+        let start = store::read::head_position(app.pool()).await?;
+        let task_id = enqueue_one(app, options.create_cwom).await?;
+        wait_started(app, start, 1, Duration::from_secs(30)).await?;
+        idle.push(task_id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    report.wake_idle = Latency::of(&wake_latencies(app.pool(), &idle).await?);
+
+    // Loaded wake latency: a steady enqueue rate.
+    checkpoint_before_phase(app.pool()).await;
+    let start = store::read::head_position(app.pool()).await?;
+    let interval = Duration::from_secs_f64(1.0 / options.load_rate.max(1.0));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let began = Instant::now();
+    // Clients that cannot keep up queue at most this many requests (then the rate reached is lower).
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_ENQUEUES));
+    let mut enqueues = tokio::task::JoinSet::new();
+    while began.elapsed() < options.load_duration {
+        ticker.tick().await;
+        let permit = in_flight.clone().acquire_owned().await?;
+        let app = app.clone();
+        let create_cwom = options.create_cwom;
+        enqueues.spawn(async move {
+            let task_id = enqueue_one(&app, create_cwom).await;
+            drop(permit);
+            task_id
+        });
+    }
+    let mut loaded = Vec::new();
+    while let Some(task_id) = enqueues.join_next().await {
+        loaded.push(task_id.context("enqueue task panicked")??);
+    }
+    report.loaded_rate = loaded.len() as f64 / began.elapsed().as_secs_f64();
+    wait_started(app, start, loaded.len(), Duration::from_secs(120)).await?;
+    report.wake_loaded = Latency::of(&wake_latencies(app.pool(), &loaded).await?);
+
+    background.stop().await;
+    catch_up_all(app, config).await?;
+
     // Overhead: the worker loop with one slot, no projector, no trace folders: each task claimed, run and ended
     // after the one before.
     let backlog = enqueue_many(app, options.overhead_tasks, 16, options.create_cwom).await?;
@@ -236,48 +287,6 @@ async fn measure(app: &App, config: &WorkerConfig, options: &BenchOptions) -> an
     report.throughput_tasks = backlog.len();
     report.throughput_seconds = began.elapsed().as_secs_f64();
     report.tasks_per_second = backlog.len() as f64 / report.throughput_seconds;
-
-    // Idle wake latency: one task at a time, the worker waiting.
-    checkpoint_before_phase(app.pool()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut idle = Vec::new();
-    for _ in 0..options.idle_samples {
-        let start = store::read::head_position(app.pool()).await?;
-        let task_id = enqueue_one(app, options.create_cwom).await?;
-        wait_started(app, start, 1, Duration::from_secs(30)).await?;
-        idle.push(task_id);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    report.wake_idle = Latency::of(&wake_latencies(app.pool(), &idle).await?);
-
-    // Loaded wake latency: a steady enqueue rate.
-    checkpoint_before_phase(app.pool()).await;
-    let start = store::read::head_position(app.pool()).await?;
-    let interval = Duration::from_secs_f64(1.0 / options.load_rate.max(1.0));
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let began = Instant::now();
-    // Clients that cannot keep up queue at most this many requests (then the rate reached is lower).
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_ENQUEUES));
-    let mut enqueues = tokio::task::JoinSet::new();
-    while began.elapsed() < options.load_duration {
-        ticker.tick().await;
-        let permit = in_flight.clone().acquire_owned().await?;
-        let app = app.clone();
-        let create_cwom = options.create_cwom;
-        enqueues.spawn(async move {
-            let task_id = enqueue_one(&app, create_cwom).await;
-            drop(permit);
-            task_id
-        });
-    }
-    let mut loaded = Vec::new();
-    while let Some(task_id) = enqueues.join_next().await {
-        loaded.push(task_id.context("enqueue task panicked")??);
-    }
-    report.loaded_rate = loaded.len() as f64 / began.elapsed().as_secs_f64();
-    wait_started(app, start, loaded.len(), Duration::from_secs(120)).await?;
-    report.wake_loaded = Latency::of(&wake_latencies(app.pool(), &loaded).await?);
 
     background.stop().await;
     Ok(report)

@@ -21,6 +21,7 @@ impl Database {
     pub async fn open(args: &DatabaseArgs) -> anyhow::Result<Database> {
         let database = Database::connect(args).await?;
         store::MIGRATOR.run(&database.pool).await.context("apply migrations")?;
+        warn_if_autovacuum_is_off(&database.pool).await;
         Ok(database)
     }
 
@@ -54,5 +55,19 @@ impl Database {
         if let Some(cluster) = self.cluster {
             cluster.stop().await;
         }
+    }
+}
+
+/// Says so when the server runs without autovacuum: nothing then vacuums the queue and the read models, whose rows
+/// change at every task, nor analyses any table, so they grow and their plans are made from guesses (the reads by
+/// key are written to stay fast regardless, ADR 0012; the rest is the operator's to schedule).
+async fn warn_if_autovacuum_is_off(pool: &PgPool) {
+    match sqlx::query_scalar::<_, String>("select current_setting('autovacuum')").fetch_one(pool).await {
+        Ok(setting) if setting == "off" => tracing::warn!(
+            "PostgreSQL's autovacuum is off: task_queue, tasks and the cwom tables will bloat and no table is \
+             analysed; turn it on, or run `vacuum (analyze)` on this database regularly"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::debug!("could not read the autovacuum setting: {error}"),
     }
 }

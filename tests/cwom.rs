@@ -1204,3 +1204,14 @@ async fn events_of_any_type_that_follow_the_contract_are_folded_and_the_rest_are
     assert_eq!(changed["run"]["outputs"], expected["outputs"]);
     assert_eq!(test.events().await.last().unwrap().before, Some(json!({"status": "done"})));
 }
+
+#[tokio::test]
+async fn references_are_looked_up_by_key_even_when_planned_on_empty_tables_never_analysed() {
+    let test = TestApp::spawn().await;
+    // The seven object tables are empty and have never been analysed: the generic plan a pooled connection caches
+    // then once hashed every table whole at each lookup.
+    let sql = projections::cwom::EXISTING_SQL;
+    let plan = devdb::generic_plan(&test.pool, sql, "'{Run,Issue}', '{a,b}'").await.unwrap();
+    assert!(!plan.contains("Seq Scan") && !plan.contains("hashed SubPlan"), "{plan}");
+    assert_eq!(plan.matches("Index Cond: (id = r.id)").count(), 7, "{plan}");
+}

@@ -425,3 +425,32 @@ async fn the_tasks_read_model_rebuilt_from_the_log_equals_the_live_one() {
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn list_queries_are_planned_for_each_call_never_kept_prepared() {
+    use projections::cwom::{self, Page};
+    let test = TestApp::spawn().await;
+    let (status, _) = status_and_json(test.enqueue(&valid_task()).await).await;
+    assert_eq!(status, 201);
+    let mut conn = test.pool.acquire().await.unwrap();
+    let kept = "select count(*) from pg_prepared_statements \
+                where statement ilike '%limit $%offset $%' and statement not ilike '%pg_prepared_statements%'";
+    // The check sees a list-shaped statement that is kept prepared, as sqlx keeps every statement by default.
+    sqlx::query("select 1 limit $1 offset $2").bind(1_i64).bind(0_i64).execute(&mut *conn).await.unwrap();
+    assert_eq!(sqlx::query_scalar::<_, i64>(kept).fetch_one(&mut *conn).await.unwrap(), 1);
+
+    // More calls than the five after which PostgreSQL may settle on a generic plan.
+    let page = Page { limit: 10, offset: 0 };
+    for _ in 0..7 {
+        let tasks = projections::tasks::list_tasks(&mut *conn, &Default::default(), 10, 0).await.unwrap();
+        assert_eq!(tasks.len(), 1);
+        cwom::list_repos(&mut *conn, &Default::default(), page).await.unwrap();
+        cwom::list_issues(&mut *conn, &Default::default(), page).await.unwrap();
+        cwom::list_context_packets(&mut *conn, "01ARZ3NDEKTSV4RRFFQ69G5FAV", page).await.unwrap();
+        cwom::list_constraint_snapshots(&mut *conn, &Default::default(), page).await.unwrap();
+        cwom::list_doctrine_refs(&mut *conn, &Default::default(), page).await.unwrap();
+        cwom::list_runs(&mut *conn, &Default::default(), page).await.unwrap();
+        cwom::list_artifacts(&mut *conn, &Default::default(), page).await.unwrap();
+    }
+    assert_eq!(sqlx::query_scalar::<_, i64>(kept).fetch_one(&mut *conn).await.unwrap(), 1, "only the check's own");
+}

@@ -342,6 +342,9 @@ pub async fn get<'c>(executor: impl PgExecutor<'c>, kind: EntityKind, id: &str) 
         .with_context(|| format!("read {kind} {id}"))
 }
 
+/// [`existing`]'s statement: `$1` the objects' kinds, `$2` their ids.
+pub const EXISTING_SQL: &str = include_str!("../../../projections/cwom/existing.sql");
+
 /// Which of `objects` exist.
 pub async fn existing<'c>(
     executor: impl PgExecutor<'c>,
@@ -352,7 +355,7 @@ pub async fn existing<'c>(
     }
     let kinds: Vec<&str> = objects.iter().map(|(kind, _)| kind.as_str()).collect();
     let ids: Vec<&str> = objects.iter().map(|(_, id)| id.as_str()).collect();
-    let rows: Vec<(String, String)> = sqlx::query_as(include_str!("../../../projections/cwom/existing.sql"))
+    let rows: Vec<(String, String)> = sqlx::query_as(EXISTING_SQL)
         .bind(&kinds)
         .bind(&ids)
         .fetch_all(executor)
@@ -380,7 +383,7 @@ pub async fn list_repos<'c>(
     filter: &RepoFilter,
     page: Page,
 ) -> anyhow::Result<Vec<Value>> {
-    sqlx::query_scalar(include_str!("../../../projections/cwom/list_repos.sql"))
+    crate::list_query(include_str!("../../../projections/cwom/list_repos.sql"))
         .bind(&filter.visibility)
         .bind(page.limit)
         .bind(page.offset)
@@ -404,7 +407,7 @@ pub async fn list_issues<'c>(
     filter: &IssueFilter,
     page: Page,
 ) -> anyhow::Result<Vec<Value>> {
-    sqlx::query_scalar(include_str!("../../../projections/cwom/list_issues.sql"))
+    crate::list_query(include_str!("../../../projections/cwom/list_issues.sql"))
         .bind(&filter.repo_id)
         .bind(&filter.status)
         .bind(&filter.issue_type)
@@ -422,7 +425,7 @@ pub async fn list_context_packets<'c>(
     issue_id: &str,
     page: Page,
 ) -> anyhow::Result<Vec<Value>> {
-    sqlx::query_scalar(include_str!("../../../projections/cwom/list_context_packets.sql"))
+    crate::list_query(include_str!("../../../projections/cwom/list_context_packets.sql"))
         .bind(issue_id)
         .bind(page.limit)
         .bind(page.offset)
@@ -444,7 +447,7 @@ pub async fn list_constraint_snapshots<'c>(
     filter: &ConstraintSnapshotFilter,
     page: Page,
 ) -> anyhow::Result<Vec<Value>> {
-    sqlx::query_scalar(include_str!("../../../projections/cwom/list_constraint_snapshots.sql"))
+    crate::list_query(include_str!("../../../projections/cwom/list_constraint_snapshots.sql"))
         .bind(&filter.scope)
         .bind(&filter.owner_id)
         .bind(page.limit)
@@ -468,7 +471,7 @@ pub async fn list_doctrine_refs<'c>(
     filter: &DoctrineRefFilter,
     page: Page,
 ) -> anyhow::Result<Vec<Value>> {
-    sqlx::query_scalar(include_str!("../../../projections/cwom/list_doctrine_refs.sql"))
+    crate::list_query(include_str!("../../../projections/cwom/list_doctrine_refs.sql"))
         .bind(&filter.namespace)
         .bind(&filter.doctrine_type)
         .bind(&filter.priority)
@@ -494,7 +497,7 @@ pub async fn list_runs<'c>(
     filter: &RunFilter,
     page: Page,
 ) -> anyhow::Result<Vec<Value>> {
-    sqlx::query_scalar(include_str!("../../../projections/cwom/list_runs.sql"))
+    crate::list_query(include_str!("../../../projections/cwom/list_runs.sql"))
         .bind(&filter.issue_id)
         .bind(&filter.repo_id)
         .bind(&filter.status)
@@ -520,7 +523,7 @@ pub async fn list_artifacts<'c>(
     filter: &ArtifactFilter,
     page: Page,
 ) -> anyhow::Result<Vec<Value>> {
-    sqlx::query_scalar(include_str!("../../../projections/cwom/list_artifacts.sql"))
+    crate::list_query(include_str!("../../../projections/cwom/list_artifacts.sql"))
         .bind(&filter.run_id)
         .bind(&filter.issue_id)
         .bind(&filter.artifact_type)

@@ -104,3 +104,13 @@ pub(crate) async fn execute_all(conn: &mut PgConnection, statements: Option<Vec<
     }
     Ok(())
 }
+
+/// A list endpoint's query (`GET /tasks`, `GET /cwom/...`), planned for its filters and page at every call instead
+/// of prepared: its optional filters (`$1 is null or status = $1`) leave a generic plan no index to choose, so once
+/// a connection settled on one (on a young table, where it looks as cheap as any) every list sorted the whole table
+/// (49 ms at 50,000 tasks, against 0.1 ms for the plan made for the call). Planning it costs a fraction of that.
+pub(crate) fn list_query<'q>(
+    sql: &'q str,
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, serde_json::Value, sqlx::postgres::PgArguments> {
+    sqlx::query_scalar(sql).persistent(false)
+}

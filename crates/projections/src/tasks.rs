@@ -277,7 +277,7 @@ pub async fn list_tasks<'c>(
     limit: i64,
     offset: i64,
 ) -> anyhow::Result<Vec<Value>> {
-    sqlx::query_scalar(include_str!("../../../projections/tasks/list_tasks.sql"))
+    crate::list_query(include_str!("../../../projections/tasks/list_tasks.sql"))
         .bind(&filter.status)
         .bind(&filter.operation)
         .bind(&filter.requester_kind)

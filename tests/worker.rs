@@ -308,6 +308,19 @@ async fn the_stub_completes_a_task_and_the_tasks_cwom_and_trace_projections_show
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
+    // Later scrapes count only the events since the one before: a second task is counted once, and a scrape with
+    // nothing new counts nothing again.
+    enqueue(&test, &valid_task(), true).await;
+    assert!(matches!(worker::process_one(&test.app, &config).await.unwrap(), Outcome::Completed { .. }));
+    for _ in 0..2 {
+        let metrics = test.client.get("/metrics").send().await.0.into_body().into_string().await.unwrap();
+        for line in [
+            "jct_worker_events_total{event_type=\"TaskClaimed\"} 2",
+            "jct_worker_events_total{event_type=\"TaskCompleted\"} 2",
+        ] {
+            assert!(metrics.contains(line), "{line} in {metrics}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -61,6 +61,8 @@ struct Inner {
     config: Config,
     upcasters: Upcasters,
     projections: Vec<Arc<dyn Projection>>,
+    /// What `/metrics` has counted of the worker's events so far (`system::database_metrics`).
+    worker_event_counts: tokio::sync::Mutex<system::WorkerEventCounts>,
 }
 
 impl App {
@@ -81,7 +83,8 @@ impl App {
         }
         let inline = Arc::new(projections::inline::InlineProjections::new(&projections, upcasters.clone()));
         let store = EventStore::with_inline_projector(pool.clone(), inline);
-        Ok(App { inner: Arc::new(Inner { store, pool, config, upcasters, projections }) })
+        let worker_event_counts = tokio::sync::Mutex::default();
+        Ok(App { inner: Arc::new(Inner { store, pool, config, upcasters, projections, worker_event_counts }) })
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -1,5 +1,6 @@
 //! System use cases: the database-side metrics for `/metrics`, and this process's appender's.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::App;
@@ -27,18 +28,58 @@ pub async fn database_metrics(app: &App) -> anyhow::Result<String> {
 
     writeln!(text, "# HELP jct_worker_events_total Worker events appended, by event type.")?;
     writeln!(text, "# TYPE jct_worker_events_total counter")?;
-    let counts: Vec<(String, i64)> = sqlx::query_as(
-        "select event_type, count(*) from audit_log \
-         where event_type in ('TaskClaimed', 'TaskFailed', 'TaskRetryScheduled', 'TaskTimedOut', 'TaskCompleted', \
-                              'TaskLeaseExpired', 'TaskReleased', 'TaskCancelled') \
-         group by event_type order by event_type",
-    )
-    .fetch_all(app.pool())
-    .await?;
-    for (event_type, count) in counts {
+    for (event_type, count) in worker_event_counts(app, head).await? {
         writeln!(text, "jct_worker_events_total{{event_type=\"{event_type}\"}} {count}")?;
     }
     Ok(text)
+}
+
+/// The worker's events that `/metrics` counts.
+const WORKER_EVENT_TYPES: [&str; 8] = [
+    "TaskClaimed",
+    "TaskFailed",
+    "TaskRetryScheduled",
+    "TaskTimedOut",
+    "TaskCompleted",
+    "TaskLeaseExpired",
+    "TaskReleased",
+    "TaskCancelled",
+];
+
+/// The worker's events this process has counted, by type, in the log up to position `up_to`.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerEventCounts {
+    up_to: i64,
+    counts: BTreeMap<String, i64>,
+}
+
+/// The worker's events in the log up to `head`, by type. The log only grows and its positions become visible in
+/// order (ADR 0002), so a scrape counts only the events after the head of the one before it. Counting the whole
+/// log at every scrape took 0.5 s at 2,000,000 events and grew with it. A process's first scrape counts it once.
+async fn worker_event_counts(app: &App, head: i64) -> anyhow::Result<BTreeMap<String, i64>> {
+    let mut counted = app.inner.worker_event_counts.lock().await;
+    if head < counted.up_to {
+        // Not this log (a database recreated under the process): count it afresh.
+        *counted = WorkerEventCounts::default();
+    }
+    if head > counted.up_to {
+        // Planned for its range each time: an index on the type for the first count, the primary key after.
+        let since: Vec<(String, i64)> = sqlx::query_as(
+            "select event_type, count(*) from audit_log \
+              where position > $1 and position <= $2 and event_type = any($3) group by event_type",
+        )
+        .persistent(false)
+        .bind(counted.up_to)
+        .bind(head)
+        .bind(&WORKER_EVENT_TYPES[..])
+        .fetch_all(app.pool())
+        .await?;
+        for (event_type, count) in since {
+            *counted.counts.entry(event_type).or_default() += count;
+        }
+        counted.up_to = head;
+    }
+    Ok(counted.counts.clone())
 }
 
 /// This process's appender since it started (`store::AppendStats`), in the Prometheus text format: how its batches

@@ -196,19 +196,12 @@ async fn a_read_model_a_little_behind_is_caught_up_by_the_next_append_and_one_fa
     assert!(projections::tasks::get_task(&test.pool, &many[299]).await.unwrap().is_some());
 }
 
-/// The generic plan of `statement` on `conn`, as the appender's pipeline runs it (between `GENERIC_PLAN_ON` and
-/// `GENERIC_PLAN_OFF`, in a transaction), one line per plan node.
+/// The generic plan of `statement` on `conn`, as the appender's pipeline runs it (under `GENERIC_PLAN_ON`, in a
+/// transaction), one line per plan node.
 async fn generic_plan(pool: &PgPool, statement: &store::sql::Statement<'_>) -> String {
-    use sqlx::{Executor as _, Row as _};
-    let mut tx = pool.begin().await.unwrap();
-    tx.execute(store::sql::GENERIC_PLAN_ON).await.unwrap();
-    tx.execute(format!("prepare generic_probe as {}", statement.sql).as_str()).await.unwrap();
     // A generic plan does not depend on the values: nulls stand for every parameter.
     let nulls = vec!["null"; statement.params.len()].join(", ");
-    let rows = tx.fetch_all(format!("explain execute generic_probe({nulls})").as_str()).await.unwrap();
-    tx.execute("deallocate generic_probe").await.unwrap();
-    tx.rollback().await.unwrap();
-    rows.iter().map(|row| row.get::<String, _>(0)).collect::<Vec<_>>().join("\n")
+    devdb::prepared_plan(pool, store::sql::GENERIC_PLAN_ON, statement.sql, &nulls).await.unwrap()
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use domain::task::lifecycle::events;
+
 use crate::App;
 
 /// Events appended, projection lag, tasks by status, and worker claims and failures, in the Prometheus text
@@ -36,14 +38,14 @@ pub async fn database_metrics(app: &App) -> anyhow::Result<String> {
 
 /// The worker's events that `/metrics` counts.
 const WORKER_EVENT_TYPES: [&str; 8] = [
-    "TaskClaimed",
-    "TaskFailed",
-    "TaskRetryScheduled",
-    "TaskTimedOut",
-    "TaskCompleted",
-    "TaskLeaseExpired",
-    "TaskReleased",
-    "TaskCancelled",
+    events::TASK_CLAIMED,
+    events::TASK_FAILED,
+    events::TASK_RETRY_SCHEDULED,
+    events::TASK_TIMED_OUT,
+    events::TASK_COMPLETED,
+    events::TASK_LEASE_EXPIRED,
+    events::TASK_RELEASED,
+    events::TASK_CANCELLED,
 ];
 
 /// The worker's events this process has counted, by type, in the log up to position `up_to`.

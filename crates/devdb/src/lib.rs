@@ -13,4 +13,4 @@ mod os_user;
 mod testing;
 
 pub use cluster::{ManagedCluster, DEFAULT_DATABASE, SUPERUSER};
-pub use testing::{generic_plan, scratch_dir, test_server, TestServer};
+pub use testing::{generic_plan, prepared_plan, scratch_dir, test_server, TestServer};

@@ -209,13 +209,19 @@ fn unix_now() -> u64 {
 /// generic plan does not depend on them. Every parameter must have its type written in `sql` (`$1::text[]`) or
 /// inferable from it.
 pub async fn generic_plan(pool: &sqlx::PgPool, sql: &str, arguments: &str) -> anyhow::Result<String> {
+    prepared_plan(pool, "set local plan_cache_mode = force_generic_plan", sql, arguments).await
+}
+
+/// The plan of `sql` prepared and explained with `arguments` in a transaction that first runs `settings` (`set
+/// local ...`), one line per plan node; nothing of it outlives the call.
+pub async fn prepared_plan(pool: &sqlx::PgPool, settings: &str, sql: &str, arguments: &str) -> anyhow::Result<String> {
     use sqlx::Row as _;
     let mut tx = pool.begin().await?;
-    tx.execute("set local plan_cache_mode = force_generic_plan").await?;
-    tx.execute(format!("prepare jct_generic_plan_probe as {sql}").as_str()).await.context("prepare")?;
-    let rows = tx.fetch_all(format!("explain execute jct_generic_plan_probe({arguments})").as_str()).await?;
+    tx.execute(settings).await.context("settings")?;
+    tx.execute(format!("prepare jct_plan_probe as {sql}").as_str()).await.context("prepare")?;
+    let rows = tx.fetch_all(format!("explain execute jct_plan_probe({arguments})").as_str()).await?;
     // A prepared statement outlives its transaction.
-    tx.execute("deallocate jct_generic_plan_probe").await?;
+    tx.execute("deallocate jct_plan_probe").await?;
     tx.rollback().await?;
     rows.iter()
         .map(|row| row.try_get::<String, _>(0).context("a plan line"))

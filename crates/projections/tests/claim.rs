@@ -69,31 +69,33 @@ fn enqueue(task: &StreamId, issue: &StreamId, packet: &StreamId, snapshot: &Stre
     }
 }
 
-#[tokio::test]
-async fn a_claim_admits_new_tasks_and_reads_the_picked_ones_streams_with_their_issues_packets_and_snapshots() {
-    let url = devdb::test_server().await.expect("test server").fresh_database().await.expect("fresh database");
-    let pool = PgPoolOptions::new().max_connections(4).connect(&url).await.expect("connect");
-    store::MIGRATOR.run(&pool).await.expect("migrate");
-    runner::install(&pool, &QueueProjection, &Upcasters::new()).await.unwrap();
-    // No inline read models and no projector: the queue is empty until a claimer admits the tasks.
-    let store = EventStore::new(pool.clone());
+/// New streams for a task, its Issue, and the Issue's ContextPacket and ConstraintSnapshot.
+fn task_streams() -> [StreamId; 4] {
     let stream = |kind| StreamId::new(kind, ulid::Ulid::new().to_string());
-    let picked: Vec<[StreamId; 4]> = (0..2)
-        .map(|_| {
-            [
-                stream(EntityKind::Task),
-                stream(EntityKind::Issue),
-                stream(EntityKind::ContextPacket),
-                stream(EntityKind::ConstraintSnapshot),
-            ]
-        })
-        .collect();
-    let later = [
+    [
         stream(EntityKind::Task),
         stream(EntityKind::Issue),
         stream(EntityKind::ContextPacket),
         stream(EntityKind::ConstraintSnapshot),
-    ];
+    ]
+}
+
+/// A fresh, migrated database with the queue projection installed, and a store without inline read models.
+async fn queue_database() -> (sqlx::PgPool, EventStore) {
+    let url = devdb::test_server().await.expect("test server").fresh_database().await.expect("fresh database");
+    let pool = PgPoolOptions::new().max_connections(4).connect(&url).await.expect("connect");
+    store::MIGRATOR.run(&pool).await.expect("migrate");
+    runner::install(&pool, &QueueProjection, &Upcasters::new()).await.unwrap();
+    let store = EventStore::new(pool.clone());
+    (pool, store)
+}
+
+#[tokio::test]
+async fn a_claim_admits_new_tasks_and_reads_the_picked_ones_streams_with_their_issues_packets_and_snapshots() {
+    // No inline read models and no projector: the queue is empty until a claimer admits the tasks.
+    let (pool, store) = queue_database().await;
+    let picked: Vec<[StreamId; 4]> = (0..2).map(|_| task_streams()).collect();
+    let later = task_streams();
     for [task, issue, packet, snapshot] in picked.iter().chain([&later]) {
         store.append(enqueue(task, issue, packet, snapshot)).await.unwrap();
     }
@@ -153,24 +155,14 @@ async fn a_claim_admits_new_tasks_and_reads_the_picked_ones_streams_with_their_i
 
 #[tokio::test]
 async fn a_claim_reads_each_stream_by_its_key_even_when_planned_on_an_empty_log_never_analysed() {
-    let url = devdb::test_server().await.expect("test server").fresh_database().await.expect("fresh database");
-    let pool = PgPoolOptions::new().max_connections(2).connect(&url).await.expect("connect");
-    store::MIGRATOR.run(&pool).await.expect("migrate");
-    runner::install(&pool, &QueueProjection, &Upcasters::new()).await.unwrap();
-    let store = EventStore::new(pool.clone());
+    let (pool, store) = queue_database().await;
 
     // First on the empty log, which PostgreSQL guesses at ten pages: a plan made then is kept until the log is
     // analysed, which with autovacuum off is never. Then on a log of some hundreds of tasks, analysed.
     for analysed in [false, true] {
         if analysed {
             for _ in 0..300 {
-                let stream = |kind| StreamId::new(kind, ulid::Ulid::new().to_string());
-                let [task, issue, packet, snapshot] = [
-                    stream(EntityKind::Task),
-                    stream(EntityKind::Issue),
-                    stream(EntityKind::ContextPacket),
-                    stream(EntityKind::ConstraintSnapshot),
-                ];
+                let [task, issue, packet, snapshot] = task_streams();
                 store.append(enqueue(&task, &issue, &packet, &snapshot)).await.unwrap();
             }
             sqlx::query("analyze audit_log, task_queue").execute(&pool).await.unwrap();

@@ -22,6 +22,8 @@ bench:
     cargo run --release -p jct-cli -- bench append
     cargo run --release -p jct-cli -- bench enqueue
     cargo run --release -p jct-cli -- bench worker
+    cargo run --release -p jct-cli -- bench service
+    cargo run --release -p jct-cli -- bench service --topology split
     cargo run --release -p jct-cli -- bench forensics --events 1000000
 
 # Exactly what CI runs.

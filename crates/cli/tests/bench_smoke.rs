@@ -98,3 +98,17 @@ async fn bench_forensics_rebuilds_equal_read_models_and_verifies_the_chain() {
     assert!(line(&output, "rebuilt read models equal the caught-up ones").contains("  yes ("), "{output}");
     assert!(line(&output, "audit verify (hash chain)").contains("ok=true"), "{output}");
 }
+
+#[tokio::test]
+async fn bench_service_drives_each_topology_over_http_and_every_task_starts() {
+    for topology in ["up", "split"] {
+        let output =
+            bench(&["service", "--topology", topology, "--seconds", "1", "--rate", "20", "--warmup", "3"]).await;
+        assert!(line(&output, "warm-up:").ends_with("3 tasks posted, 3 started"), "{output}");
+        assert!(line(&output, "POST /tasks/enqueue at 20").contains(": 20 created,"), "{output}");
+        assert!(line(&output, "POST /tasks/enqueue at 20").ends_with("non-201 answers: 0"), "{output}");
+        assert!(line(&output, "started:").contains("all 20,"), "{output}");
+        assert!(figure(&output, "wake latency TaskEnqueued", "p50") > 0.0, "{output}");
+        assert!(line(&output, "wake latency TaskEnqueued").ends_with("(20 samples)"), "{output}");
+    }
+}

@@ -8,6 +8,7 @@ mod append;
 mod enqueue;
 mod forensics;
 mod raw;
+mod service;
 
 use std::time::Duration;
 
@@ -70,6 +71,31 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         create_cwom: bool,
     },
+    /// The service as deployed: `jct up` (or `jct serve` and `jct worker`) started as child processes on a fresh
+    /// scratch database, sent `POST /tasks/enqueue` over HTTP at a steady rate; how many tasks start, and how soon.
+    Service {
+        /// `up`: one process; `split`: `jct serve` beside `jct worker`.
+        #[arg(long, value_enum, default_value_t = service::Topology::Up)]
+        topology: service::Topology,
+        /// Tasks per second the client posts.
+        #[arg(long, default_value_t = 300.0)]
+        rate: f64,
+        /// Seconds it posts at that rate.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Tasks posted and started before the measurement.
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
+        /// The worker's concurrency.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// The most requests the client keeps in flight.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds to wait, after the last answer, for tasks not yet started.
+        #[arg(long, default_value_t = 60)]
+        drain_seconds: u64,
+    },
     /// `POST /tasks/enqueue` (create_cwom=true, unique keys) and `GET /tasks/{id}` over HTTP.
     Enqueue {
         /// Seconds per measurement.
@@ -104,6 +130,18 @@ pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Resu
             };
             println!("# jct bench worker (worker, projectors and PostgreSQL on this machine)");
             worker::bench::bench_worker(&scratch.pool, &options).await.map(|report| println!("{report}"))
+        }
+        BenchCommand::Service { topology, rate, seconds, warmup, concurrency, clients, drain_seconds } => {
+            let options = service::ServiceOptions {
+                topology,
+                rate,
+                duration: Duration::from_secs(seconds),
+                warmup,
+                concurrency,
+                clients,
+                drain: Duration::from_secs(drain_seconds),
+            };
+            service::run(&scratch.pool, &scratch.url(&database)?, &options).await
         }
         BenchCommand::Enqueue { seconds, concurrency } => {
             enqueue::run(&scratch.pool, Duration::from_secs(seconds), concurrency).await
@@ -146,6 +184,13 @@ impl Scratch {
         let pool = store::pool_options().max_connections(40).connect_with(options).await?;
         store::MIGRATOR.run(&pool).await?;
         Ok(Scratch { name: name.to_owned(), pool })
+    }
+
+    /// The URL of this database, for the processes a bench starts.
+    fn url(&self, database: &Database) -> anyhow::Result<String> {
+        let mut url = reqwest::Url::parse(&database.url).context("parse DATABASE_URL")?;
+        url.set_path(&format!("/{}", self.name));
+        Ok(url.into())
     }
 
     async fn drop(self, database: &Database) {

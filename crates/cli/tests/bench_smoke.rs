@@ -110,5 +110,10 @@ async fn bench_service_drives_each_topology_over_http_and_every_task_starts() {
         assert!(line(&output, "started:").contains("all 20,"), "{output}");
         assert!(figure(&output, "wake latency TaskEnqueued", "p50") > 0.0, "{output}");
         assert!(line(&output, "wake latency TaskEnqueued").ends_with("(20 samples)"), "{output}");
+        let processes: &[&str] = if topology == "up" { &["jct up"] } else { &["jct serve", "jct worker"] };
+        for process in processes.iter().chain(&["PostgreSQL"]) {
+            figure(&output, "CPU a task during the load", process);
+        }
+        assert!(figure(&output, "CPU a task during the load", "the machine") > 0.0, "{output}");
     }
 }

@@ -249,6 +249,61 @@ async fn wake_latencies(pool: &PgPool, task_ids: &[String]) -> anyhow::Result<Hi
     Ok(histogram)
 }
 
+/// CPU time used so far, in clock ticks: by each of the service's processes, by every PostgreSQL process, and by
+/// the whole machine (busy and in all).
+struct CpuSample {
+    processes: Vec<u64>,
+    postgres: u64,
+    machine_busy: u64,
+    machine_all: u64,
+}
+
+impl CpuSample {
+    fn take(processes: &[Process]) -> anyhow::Result<CpuSample> {
+        use procfs::CurrentSI as _;
+        let ticks = |stat: &procfs::process::Stat| stat.utime + stat.stime;
+        let mut own = Vec::with_capacity(processes.len());
+        for process in processes {
+            let pid = process.child.id().context("a service process has exited")?;
+            own.push(ticks(&procfs::process::Process::new(i32::try_from(pid)?)?.stat()?));
+        }
+        let mut postgres = 0;
+        for process in procfs::process::all_processes()? {
+            // A process may end between the listing and the read; it no longer uses any CPU either way.
+            if let Ok(stat) = process.and_then(|process| process.stat()) {
+                if stat.comm == "postgres" {
+                    postgres += ticks(&stat);
+                }
+            }
+        }
+        let total = procfs::KernelStats::current()?.total;
+        let busy = total.user + total.nice + total.system + [total.irq, total.softirq].iter().flatten().sum::<u64>();
+        let all = busy + total.idle + [total.iowait, total.steal].iter().flatten().sum::<u64>();
+        Ok(CpuSample { processes: own, postgres, machine_busy: busy, machine_all: all })
+    }
+
+    /// What was used since `before`, per task, as a line of the report. The PostgreSQL figure counts every
+    /// `postgres` process on the machine, so it is the service's only when nothing else uses the server.
+    fn report_since(&self, before: &CpuSample, processes: &[Process], tasks: usize) -> String {
+        let ms_per_tick = 1000.0 / procfs::ticks_per_second() as f64;
+        let per_task = |ticks: u64| ticks as f64 * ms_per_tick / tasks.max(1) as f64;
+        let mut parts: Vec<String> = processes
+            .iter()
+            .zip(self.processes.iter().zip(&before.processes))
+            .map(|(process, (after, before))| format!("jct {} {:.2} ms", process.name, per_task(after - before)))
+            .collect();
+        parts.push(format!("PostgreSQL {:.2} ms", per_task(self.postgres.saturating_sub(before.postgres))));
+        let busy = (self.machine_busy - before.machine_busy) as f64;
+        let all = (self.machine_all - before.machine_all).max(1) as f64;
+        format!(
+            "  CPU a task during the load: {}; the machine {:.0}% busy ({} cores)",
+            parts.join(", "),
+            100.0 * busy / all,
+            std::thread::available_parallelism().map_or(0, usize::from)
+        )
+    }
+}
+
 fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
@@ -325,6 +380,7 @@ async fn drive(pool: &PgPool, options: &ServiceOptions, bind: &str, processes: &
     if !checkpointed {
         println!("  (no CHECKPOINT before the phase: a checkpoint's sync may fall into it)");
     }
+    let cpu_before = CpuSample::take(processes)?;
     let posted = post_at_rate(&client, &url, options.rate, options.duration, options.clients, next_seq).await?;
     println!(
         "  POST /tasks/enqueue at {:.0} tasks/s for {} s: {} created, rate reached {:.1}/s, HTTP p50 {:.2} ms, p99 {:.2} ms; non-201 answers: {}",
@@ -337,6 +393,8 @@ async fn drive(pool: &PgPool, options: &ServiceOptions, bind: &str, processes: &
         posted.failures,
     );
     let (count, waited) = wait_started(pool, processes, &posted.task_ids, options.drain).await?;
+    // Until every task has started (or the wait gave up): the work the load caused, a little of its tail aside.
+    let cpu = CpuSample::take(processes)?.report_since(&cpu_before, processes, posted.task_ids.len());
     if count == posted.task_ids.len() {
         println!("  started: all {count}, the last {:.2} s after the last answer", waited.as_secs_f64());
     } else {
@@ -355,5 +413,6 @@ async fn drive(pool: &PgPool, options: &ServiceOptions, bind: &str, processes: &
         ms(latencies.max()),
         latencies.len()
     );
+    println!("{cpu}");
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use domain::task::lifecycle::events;
+use domain::task::lifecycle::{events, TaskStatus};
 use domain::task::run::{decide_finish, Finish, Refusal, RetryPolicy, RunOutcome};
 use serde_json::{json, Value};
 use worker::{HandlerKind, Outcome, WorkerConfig};
@@ -321,6 +321,72 @@ async fn the_stub_completes_a_task_and_the_tasks_cwom_and_trace_projections_show
             assert!(metrics.contains(line), "{line} in {metrics}");
         }
     }
+}
+
+/// `jct_tasks` on `/metrics` by status, every status listed, after the scrape before it has been counted.
+async fn tasks_on_metrics(test: &TestApp) -> BTreeMap<String, i64> {
+    let metrics = test.client.get("/metrics").send().await.0.into_body().into_string().await.unwrap();
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("jct_tasks{status=\""))
+        .map(|rest| {
+            let (status, count) = rest.split_once("\"} ").unwrap();
+            (status.to_owned(), count.parse().unwrap())
+        })
+        .collect()
+}
+
+/// `/metrics` agrees with the `tasks` table, status by status, and has the counts `expected` gives (others 0).
+async fn assert_tasks_on_metrics(test: &TestApp, expected: &[(&str, i64)]) {
+    settle(test).await;
+    let on_metrics = tasks_on_metrics(test).await;
+    let in_table: BTreeMap<String, i64> = sqlx::query_as("select status, count(*) from tasks group by status")
+        .fetch_all(&test.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    for status in TaskStatus::ALL {
+        let status = status.as_str();
+        let want = expected.iter().find(|(name, _)| *name == status).map_or(0, |(_, count)| *count);
+        assert_eq!(on_metrics.get(status), Some(&want), "{status} on /metrics: {on_metrics:?}");
+        assert_eq!(in_table.get(status).copied().unwrap_or(0), want, "{status} in the tasks table: {in_table:?}");
+    }
+}
+
+#[tokio::test]
+async fn tasks_by_status_on_metrics_follow_every_way_a_task_moves_and_ends() {
+    let test = TestApp::spawn().await;
+    let config = WorkerConfig { max_attempts: 1, ..test_config("status-counts") };
+    // Running: a handler that sleeps until it is cancelled.
+    let (sleeper, _) = enqueue(&test, &task_with(json!({"stub": {"sleep_ms": 60_000}})), true).await;
+    let running = {
+        let (app, config) = (test.app.clone(), config.clone());
+        tokio::spawn(async move { worker::process_one(&app, &config).await.unwrap() })
+    };
+    wait_until(Duration::from_secs(5), || async { count_events(&test, &sleeper, events::RUN_STARTED).await == 1 })
+        .await;
+    assert_tasks_on_metrics(&test, &[("running", 1)]).await;
+    enqueue(&test, &valid_task(), false).await;
+    assert_tasks_on_metrics(&test, &[("running", 1), ("queued", 1)]).await;
+    // Cancelled while running; then the queued one completes.
+    assert_eq!(cancel(&test, &sleeper).await.0, 200);
+    running.await.unwrap();
+    assert_tasks_on_metrics(&test, &[("cancelled", 1), ("queued", 1)]).await;
+    assert!(matches!(worker::process_one(&test.app, &config).await.unwrap(), Outcome::Completed { .. }));
+    assert_tasks_on_metrics(&test, &[("cancelled", 1), ("completed", 1)]).await;
+    // Failed (its one attempt fails), cancelled while queued, and one left queued: each scrape counts only the
+    // events past the one before.
+    enqueue(&test, &task_with(json!({"stub": {"fail_attempts": 1}})), true).await;
+    assert!(matches!(worker::process_one(&test.app, &config).await.unwrap(), Outcome::Failed { .. }));
+    // Without CWOM the cancel is the log's last event, at the queue's checkpoint.
+    let (queued, _) = enqueue(&test, &valid_task(), false).await;
+    assert_eq!(cancel(&test, &queued).await.0, 200);
+    assert_tasks_on_metrics(&test, &[("cancelled", 2), ("completed", 1), ("failed", 1)]).await;
+    enqueue(&test, &valid_task(), true).await;
+    let expected = [("cancelled", 2), ("completed", 1), ("failed", 1), ("queued", 1)];
+    assert_tasks_on_metrics(&test, &expected).await;
+    assert_tasks_on_metrics(&test, &expected).await;
 }
 
 #[tokio::test]

@@ -61,8 +61,10 @@ struct Inner {
     config: Config,
     upcasters: Upcasters,
     projections: Vec<Arc<dyn Projection>>,
-    /// What `/metrics` has counted of the worker's events so far (`system::database_metrics`).
-    worker_event_counts: tokio::sync::Mutex<system::WorkerEventCounts>,
+    /// What `/metrics` has counted so far (`system::database_metrics`): the worker's events, and the events that
+    /// end a task.
+    worker_event_counts: tokio::sync::Mutex<system::EventCounts>,
+    finished_task_counts: tokio::sync::Mutex<system::EventCounts>,
 }
 
 impl App {
@@ -83,8 +85,17 @@ impl App {
         }
         let inline = Arc::new(projections::inline::InlineProjections::new(&projections, upcasters.clone()));
         let store = EventStore::with_inline_projector(pool.clone(), inline);
-        let worker_event_counts = tokio::sync::Mutex::default();
-        Ok(App { inner: Arc::new(Inner { store, pool, config, upcasters, projections, worker_event_counts }) })
+        Ok(App {
+            inner: Arc::new(Inner {
+                store,
+                pool,
+                config,
+                upcasters,
+                projections,
+                worker_event_counts: tokio::sync::Mutex::default(),
+                finished_task_counts: tokio::sync::Mutex::default(),
+            }),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -14,6 +14,21 @@ use crate::Projection;
 /// How many events one catch-up transaction applies at most.
 pub const BATCH_SIZE: i64 = 2000;
 
+/// After a check that found every projection of the background loop current, the soonest it checks again: appends
+/// usually apply the database read models inline, so a check at every notification (one per append, in every
+/// process) would find nothing to do. Read-your-writes never waits for the loop ([`wait_for`] catches up itself).
+pub const RECHECK_WHEN_CURRENT: Duration = Duration::from_millis(20);
+
+/// How long the background loop waits, once woken, before it checks the projections again: the rest of
+/// [`RECHECK_WHEN_CURRENT`] since the last check when that check found them all current, else nothing.
+fn recheck_delay(all_current: bool, since_last_check: Duration) -> Duration {
+    if all_current {
+        RECHECK_WHEN_CURRENT.saturating_sub(since_last_check)
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// Creates the projection's tables and checkpoint if it has none; rebuilds it if its live version is not the
 /// version of the code. Safe to call from several processes at once.
 pub async fn install(pool: &PgPool, projection: &dyn Projection, upcasters: &Upcasters) -> anyhow::Result<()> {
@@ -208,8 +223,9 @@ pub async fn wait_for(
 
 /// Keeps every projection current until `shutdown` resolves: wakes on `NOTIFY`, polls every `poll_interval`,
 /// and catches up after any reconnect; once woken, it first waits the longest [`Projection::settle`] of
-/// `projections`, so a burst of appends is applied as one batch. Errors are logged and retried; they never end
-/// the loop.
+/// `projections`, so a burst of appends is applied as one batch, and, when its last check found every projection
+/// current, until [`RECHECK_WHEN_CURRENT`] has passed since that check. Errors are logged and retried; they never
+/// end the loop.
 pub async fn run(
     pool: PgPool,
     projections: Vec<Arc<dyn Projection>>,
@@ -223,6 +239,7 @@ pub async fn run(
     let names: Vec<&str> = projections.iter().map(|projection| projection.name()).collect();
     loop {
         wakeup.drain().await;
+        let checked_at = Instant::now();
         // One query for all of them: the models appends apply inline are usually current.
         let behind = match behind(&pool, &names).await {
             Ok(behind) => behind,
@@ -240,10 +257,11 @@ pub async fn run(
             () = &mut shutdown => return,
             () = wakeup.wait() => {}
         }
-        if !settle.is_zero() {
+        let pause = settle.max(recheck_delay(behind.is_empty(), checked_at.elapsed()));
+        if !pause.is_zero() {
             tokio::select! {
                 () = &mut shutdown => return,
-                () = tokio::time::sleep(settle) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -283,4 +301,17 @@ pub async fn status(pool: &PgPool, projections: &[Arc<dyn Projection>]) -> anyho
         });
     }
     Ok(statuses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_that_found_everything_current_waits_out_the_recheck_interval_and_one_behind_does_not_wait() {
+        assert_eq!(recheck_delay(true, Duration::ZERO), RECHECK_WHEN_CURRENT);
+        assert_eq!(recheck_delay(true, Duration::from_millis(15)), RECHECK_WHEN_CURRENT - Duration::from_millis(15));
+        assert_eq!(recheck_delay(true, Duration::from_secs(1)), Duration::ZERO);
+        assert_eq!(recheck_delay(false, Duration::ZERO), Duration::ZERO);
+    }
 }

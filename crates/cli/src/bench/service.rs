@@ -326,7 +326,7 @@ async fn measure(pool: &PgPool, database_url: &str, options: &ServiceOptions, di
             Process::start("worker", "worker", database_url, &bind, dir, options.concurrency)?,
         ],
     };
-    let outcome = drive(pool, options, &bind, &mut processes).await;
+    let outcome = drive(pool, options, &bind, dir, &mut processes).await;
     let mut stopped = Ok(());
     for process in processes {
         if let Err(error) = process.stop().await {
@@ -336,7 +336,13 @@ async fn measure(pool: &PgPool, database_url: &str, options: &ServiceOptions, di
     outcome.and(stopped)
 }
 
-async fn drive(pool: &PgPool, options: &ServiceOptions, bind: &str, processes: &mut [Process]) -> anyhow::Result<()> {
+async fn drive(
+    pool: &PgPool,
+    options: &ServiceOptions,
+    bind: &str,
+    dir: &Path,
+    processes: &mut [Process],
+) -> anyhow::Result<()> {
     let base = format!("http://{bind}");
     let client = reqwest::Client::builder().pool_max_idle_per_host(options.clients).build()?;
     let began = Instant::now();
@@ -363,6 +369,11 @@ async fn drive(pool: &PgPool, options: &ServiceOptions, bind: &str, processes: &
         options.concurrency
     );
     println!("  (targets: wake p50 <= 5 ms and p99 <= 20 ms)");
+    println!(
+        "  (trace folders under {}; a filesystem that deleted many files lately makes them dearer: \
+         docs/runbooks/benchmarks.md)",
+        dir.display()
+    );
     let url = format!("{base}/tasks/enqueue");
 
     let mut next_seq = 0;

@@ -376,6 +376,37 @@ pub struct Candidates {
 
 /// The claim's one read ([`claim_candidates`]): `$1` the tasks wanted, `$2` the window they are drawn from, `$3` the
 /// tasks to leave out.
+/// The tasks the queue holds, by state, as of the position its checkpoint stands at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// The queue's checkpoint: the counts reflect the log up to this position, no more and no less.
+    pub checkpoint: i64,
+    /// Tasks waiting to be claimed (due now or later): status `queued`.
+    pub queued: i64,
+    /// Tasks under a lease, expired or not: status `running`.
+    pub leased: i64,
+}
+
+/// [`QueueCounts`], read in one snapshot with the checkpoint; `None` when the queue is not installed. O(queue),
+/// never O(tasks).
+pub async fn count_at_checkpoint(pool: &sqlx::PgPool) -> anyhow::Result<Option<QueueCounts>> {
+    let mut snapshot = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *snapshot).await?;
+    let checkpoint: Option<i64> = sqlx::query_scalar("select position from projection_checkpoints where name = $1")
+        .bind(QueueProjection::NAME)
+        .fetch_optional(&mut *snapshot)
+        .await
+        .context("read the task_queue checkpoint")?;
+    let by_state: Vec<(String, i64)> =
+        sqlx::query_as(include_str!("../../../projections/task_queue/count_by_state.sql"))
+            .fetch_all(&mut *snapshot)
+            .await
+            .context("count the task_queue by state")?;
+    snapshot.commit().await?;
+    let count = |state: &str| by_state.iter().find(|(found, _)| found == state).map_or(0, |(_, count)| *count);
+    Ok(checkpoint.map(|checkpoint| QueueCounts { checkpoint, queued: count("queued"), leased: count("leased") }))
+}
+
 pub const CLAIM_CANDIDATES_SQL: &str = include_str!("../../../projections/task_queue/claim_candidates.sql");
 
 /// Up to `limit` tasks claimable now (queued and due, or under an expired lease), drawn at random from the

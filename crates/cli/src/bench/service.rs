@@ -58,10 +58,10 @@ struct Process {
 }
 
 impl Process {
-    /// Starts `jct <command>` on `database_url`, with every file it writes under `dir`.
+    /// Starts `jct <name>` on `database_url`, with every file it writes under `dir`. None of this process's `JCT_`
+    /// settings reach it (an API key or another handler would change what is measured): only the bench's own.
     fn start(
         name: &'static str,
-        command: &str,
         database_url: &str,
         bind: &str,
         dir: &Path,
@@ -69,8 +69,14 @@ impl Process {
     ) -> anyhow::Result<Process> {
         let log = dir.join(format!("{name}.log"));
         let output = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let child = Command::new(std::env::current_exe().context("this binary's path")?)
-            .arg(command)
+        let mut command = Command::new(std::env::current_exe().context("this binary's path")?);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("JCT_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .arg(name)
             .env("DATABASE_URL", database_url)
             .env("JCT_BIND", bind)
             .env("JCT_ALLOWED_REPO_PREFIXES", "bench/")
@@ -86,7 +92,7 @@ impl Process {
             .stderr(output)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("start jct {command}"))?;
+            .with_context(|| format!("start jct {name}"))?;
         Ok(Process { name, child, log })
     }
 
@@ -145,6 +151,8 @@ fn task_body(seq: usize) -> serde_json::Value {
 struct Posted {
     task_ids: Vec<String>,
     failures: u64,
+    /// What the first failed request got.
+    first_failure: Option<String>,
     http: Histogram<u64>,
     elapsed: Duration,
 }
@@ -170,25 +178,39 @@ async fn post_at_rate(
         let request = client.post(url).json(&task_body(seq));
         requests.spawn(async move {
             let sent = Instant::now();
+            // The new task's id, or what went wrong.
             let answer = async {
-                let response = request.send().await?;
-                let created = response.status() == reqwest::StatusCode::CREATED;
-                let body: serde_json::Value = response.json().await?;
-                anyhow::Ok(created.then(|| body["task_id"].as_str().map(str::to_owned)).flatten())
+                let response = request.send().await.map_err(|error| error.to_string())?;
+                let status = response.status();
+                let body = response.text().await.map_err(|error| error.to_string())?;
+                let created: Option<serde_json::Value> =
+                    (status == reqwest::StatusCode::CREATED).then(|| serde_json::from_str(&body).ok()).flatten();
+                match created.as_ref().and_then(|task| task["task_id"].as_str()) {
+                    Some(task_id) => Ok(task_id.to_owned()),
+                    None => Err(format!("{status}: {}", body.chars().take(300).collect::<String>())),
+                }
             }
             .await;
             drop(permit);
             (sent.elapsed(), answer)
         });
     }
-    let mut posted =
-        Posted { task_ids: Vec::with_capacity(count), failures: 0, http: new_histogram(), elapsed: Duration::ZERO };
+    let mut posted = Posted {
+        task_ids: Vec::with_capacity(count),
+        failures: 0,
+        first_failure: None,
+        http: new_histogram(),
+        elapsed: Duration::ZERO,
+    };
     while let Some(joined) = requests.join_next().await {
         let (latency, answer) = joined.context("a request task panicked")?;
         posted.http.record(latency.as_micros().max(1) as u64)?;
         match answer {
-            Ok(Some(task_id)) => posted.task_ids.push(task_id),
-            Ok(None) | Err(_) => posted.failures += 1,
+            Ok(task_id) => posted.task_ids.push(task_id),
+            Err(failure) => {
+                posted.failures += 1;
+                posted.first_failure.get_or_insert(failure);
+            }
         }
     }
     posted.elapsed = began.elapsed();
@@ -320,10 +342,10 @@ pub async fn run(pool: &PgPool, database_url: &str, options: &ServiceOptions) ->
 async fn measure(pool: &PgPool, database_url: &str, options: &ServiceOptions, dir: &Path) -> anyhow::Result<()> {
     let bind = free_address()?;
     let mut processes = match options.topology {
-        Topology::Up => vec![Process::start("up", "up", database_url, &bind, dir, options.concurrency)?],
+        Topology::Up => vec![Process::start("up", database_url, &bind, dir, options.concurrency)?],
         Topology::Split => vec![
-            Process::start("serve", "serve", database_url, &bind, dir, options.concurrency)?,
-            Process::start("worker", "worker", database_url, &bind, dir, options.concurrency)?,
+            Process::start("serve", database_url, &bind, dir, options.concurrency)?,
+            Process::start("worker", database_url, &bind, dir, options.concurrency)?,
         ],
     };
     let outcome = drive(pool, options, &bind, dir, &mut processes).await;
@@ -381,7 +403,9 @@ async fn drive(
         let warmup_rate = 100.0_f64.min(options.rate.max(1.0));
         let warmup = Duration::from_secs_f64(options.warmup as f64 / warmup_rate);
         let warm = post_at_rate(&client, &url, warmup_rate, warmup, options.clients, 0).await?;
-        anyhow::ensure!(warm.failures == 0, "{} warm-up requests failed", warm.failures);
+        if let Some(failure) = &warm.first_failure {
+            anyhow::bail!("{} warm-up requests failed; the first got {failure}", warm.failures);
+        }
         let (warm_started, _) = wait_started(pool, processes, &warm.task_ids, Duration::from_secs(60)).await?;
         println!("  warm-up: {} tasks posted, {warm_started} started", warm.task_ids.len());
         next_seq = warm.task_ids.len();
@@ -403,6 +427,9 @@ async fn drive(
         ms(posted.http.value_at_quantile(0.99)),
         posted.failures,
     );
+    if let Some(failure) = &posted.first_failure {
+        println!("  (the first failed request got {failure})");
+    }
     let (count, waited) = wait_started(pool, processes, &posted.task_ids, options.drain).await?;
     // Until every task has started (or the wait gave up): the work the load caused, a little of its tail aside.
     let cpu = CpuSample::take(processes)?.report_since(&cpu_before, processes, posted.task_ids.len());

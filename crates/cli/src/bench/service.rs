@@ -157,7 +157,8 @@ struct Posted {
     elapsed: Duration,
 }
 
-/// Posts `count` tasks at `rate` per second (or as fast as `clients` requests in flight allow).
+/// Posts `rate` tasks a second for `duration` (or as fast as `clients` requests in flight allow), numbering them
+/// from `first_seq`.
 async fn post_at_rate(
     client: &reqwest::Client,
     url: &str,

@@ -374,8 +374,6 @@ pub struct Candidates {
     pub task_ids: Vec<String>,
 }
 
-/// The claim's one read ([`claim_candidates`]): `$1` the tasks wanted, `$2` the window they are drawn from, `$3` the
-/// tasks to leave out.
 /// The tasks the queue holds, by state, as of the position its checkpoint stands at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueCounts {
@@ -407,6 +405,8 @@ pub async fn count_at_checkpoint(pool: &sqlx::PgPool) -> anyhow::Result<Option<Q
     Ok(checkpoint.map(|checkpoint| QueueCounts { checkpoint, queued: count("queued"), leased: count("leased") }))
 }
 
+/// The claim's one read ([`claim_candidates`]): `$1` the tasks wanted, `$2` the window they are drawn from, `$3` the
+/// tasks to leave out.
 pub const CLAIM_CANDIDATES_SQL: &str = include_str!("../../../projections/task_queue/claim_candidates.sql");
 
 /// Up to `limit` tasks claimable now (queued and due, or under an expired lease), drawn at random from the

@@ -7,7 +7,8 @@ use sqlx::PgPool;
 
 use super::{raw, run_clients, Measured};
 
-fn task_body(seq: u64, worker: usize) -> Vec<u8> {
+/// A valid enqueue body (repositories under `bench/`), unique by `seq` and `worker`.
+pub(super) fn task_body(seq: u64, worker: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "idempotency_key": format!("bench-{worker}-{seq}-{}", ulid::Ulid::new()),
         "requested_by": {"kind": "agent", "id": format!("bench-{worker}")},

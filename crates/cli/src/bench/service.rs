@@ -137,16 +137,6 @@ fn free_address() -> anyhow::Result<String> {
     Ok(listener.local_addr()?.to_string())
 }
 
-fn task_body(seq: usize) -> serde_json::Value {
-    serde_json::json!({
-        "requested_by": {"kind": "agent", "id": "bench-service"},
-        "objective": format!("Benchmark the deployed service, task {seq}"),
-        "operation": "analysis",
-        "target": {"repo": format!("bench/repo-{}", seq % 50), "ref": "main"},
-        "inputs": {"seq": seq},
-    })
-}
-
 /// What one load phase did.
 struct Posted {
     task_ids: Vec<String>,
@@ -176,7 +166,10 @@ async fn post_at_rate(
     for seq in first_seq..first_seq + count {
         ticker.tick().await;
         let permit = in_flight.clone().acquire_owned().await?;
-        let request = client.post(url).json(&task_body(seq));
+        let request = client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(super::enqueue::task_body(seq as u64, 0));
         requests.spawn(async move {
             let sent = Instant::now();
             // The new task's id, or what went wrong.

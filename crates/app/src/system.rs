@@ -122,33 +122,26 @@ async fn tasks_by_status(app: &App) -> anyhow::Result<Vec<(&'static str, i64)>> 
     };
     let mut finished = app.inner.finished_task_counts.lock().await;
     finished.advance(app.pool(), queue.checkpoint, &FINAL_EVENTS.map(|(event_type, _)| event_type)).await?;
-    Ok(TaskStatus::ALL
-        .iter()
-        .map(|status| {
-            let count = match status {
-                TaskStatus::Pending => 0,
-                TaskStatus::Queued => queue.queued,
-                TaskStatus::Running => queue.leased,
-                ended => FINAL_EVENTS
-                    .iter()
-                    .find(|(_, final_status)| final_status == ended)
-                    .map_or(0, |(event_type, _)| finished.get(event_type)),
-            };
-            (status.as_str(), count)
-        })
-        .collect())
+    Ok(every_status(|status| match status {
+        TaskStatus::Pending => 0,
+        TaskStatus::Queued => queue.queued,
+        TaskStatus::Running => queue.leased,
+        ended => FINAL_EVENTS
+            .iter()
+            .find(|(_, final_status)| *final_status == ended)
+            .map_or(0, |(event_type, _)| finished.get(event_type)),
+    }))
 }
 
 /// Every status with its count in the `tasks` table.
 async fn count_tasks_table(app: &App) -> anyhow::Result<Vec<(&'static str, i64)>> {
     let counted = projections::tasks::count_by_status(app.pool()).await?;
-    Ok(TaskStatus::ALL
-        .iter()
-        .map(|status| {
-            let count = counted.iter().find(|(found, _)| found == status.as_str()).map_or(0, |(_, count)| *count);
-            (status.as_str(), count)
-        })
-        .collect())
+    Ok(every_status(|status| counted.iter().find(|(found, _)| found == status.as_str()).map_or(0, |(_, count)| *count)))
+}
+
+/// Each status, in [`TaskStatus::ALL`]'s order, with `count(status)`.
+fn every_status(count: impl Fn(TaskStatus) -> i64) -> Vec<(&'static str, i64)> {
+    TaskStatus::ALL.iter().map(|&status| (status.as_str(), count(status))).collect()
 }
 
 /// This process's appender since it started (`store::AppendStats`), in the Prometheus text format: how its batches

@@ -39,7 +39,7 @@ impl Database {
                 (cluster.url(devdb::DEFAULT_DATABASE), Some(cluster))
             }
         };
-        let options: PgConnectOptions = url.parse().context("parse DATABASE_URL")?;
+        let options = store::with_session_settings(url.parse::<PgConnectOptions>().context("parse DATABASE_URL")?);
         let pool = store::pool_options()
             .max_connections(args.pool_size)
             .acquire_timeout(Duration::from_secs(30))

@@ -59,5 +59,24 @@ pub fn pool_options() -> sqlx::postgres::PgPoolOptions {
     })
 }
 
+/// The server settings every JCT connection runs with, added to `options` (a `DATABASE_URL`'s, parsed): the
+/// pool's and the appender's pipelined connection (which takes the pool's options) alike.
+///
+/// - `jit = off`. PostgreSQL compiles a statement whose estimated cost passes `jit_above_cost` (100,000), and
+///   the estimates of the claim's read grow with the log (its admission step's range over `TaskEnqueued` is
+///   estimated, never known, at plan time). Past a few hundred thousand events every claim spent 50-60 ms
+///   compiling a statement that runs in 0.3 ms, which capped a worker at a few hundred tasks/s (runbook,
+///   2026-12-05). No statement of ours reads enough rows for compiled expressions to pay off.
+///
+/// A setting the URL already names (`?options=-c%20jit%3Don`) is left as the operator set it.
+pub fn with_session_settings(options: sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions {
+    let named = options.get_options().is_some_and(|given| given.contains("jit"));
+    if named {
+        options
+    } else {
+        options.options([("jit", "off")])
+    }
+}
+
 /// The event store's migrations (`migrations/` at the workspace root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

@@ -1,4 +1,5 @@
-//! The pool settings every process uses: connections idle past the ping window are checked before use.
+//! The settings every process connects with: connections idle past the ping window are checked before use, and
+//! sessions run without JIT unless the URL says otherwise.
 
 use std::time::Duration;
 
@@ -48,4 +49,20 @@ async fn an_append_whose_connections_all_died_a_moment_ago_still_commits() {
     let before = store.stats();
     store.append(crate::support::command(1)).await.unwrap();
     assert_eq!(store.stats().pipelined_batches, before.pipelined_batches + 1, "{:?}", store.stats());
+}
+
+#[tokio::test]
+async fn connections_run_without_jit_unless_the_url_sets_it() {
+    use sqlx::postgres::PgConnectOptions;
+    let url = devdb::test_server().await.expect("test server").fresh_database().await.expect("fresh database");
+    let jit = |options: PgConnectOptions| async move {
+        let pool = store::pool_options().max_connections(1).connect_with(options).await.unwrap();
+        let jit: String = sqlx::query_scalar("show jit").fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        jit
+    };
+    let plain: PgConnectOptions = url.parse().unwrap();
+    assert_eq!(jit(store::with_session_settings(plain.clone())).await, "off");
+    let operators = plain.options([("jit", "on"), ("statement_timeout", "5s")]);
+    assert_eq!(jit(store::with_session_settings(operators)).await, "on");
 }

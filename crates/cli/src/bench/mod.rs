@@ -171,7 +171,7 @@ impl Scratch {
             .execute(&database.pool)
             .await
             .context("create scratch database")?;
-        let options: PgConnectOptions = database.url.parse::<PgConnectOptions>()?.database(&name);
+        let options = store::with_session_settings(database.url.parse::<PgConnectOptions>()?.database(&name));
         let pool = store::pool_options().max_connections(40).connect_with(options).await?;
         store::MIGRATOR.run(&pool).await?;
         Ok(Scratch { name, pool })
@@ -180,7 +180,7 @@ impl Scratch {
     /// A scratch database an earlier run kept.
     async fn open(database: &Database, name: &str) -> anyhow::Result<Scratch> {
         anyhow::ensure!(name.starts_with("jct_kept_"), "{name} is not a database `jct bench --keep-database` kept");
-        let options: PgConnectOptions = database.url.parse::<PgConnectOptions>()?.database(name);
+        let options = store::with_session_settings(database.url.parse::<PgConnectOptions>()?.database(name));
         let pool = store::pool_options().max_connections(40).connect_with(options).await?;
         store::MIGRATOR.run(&pool).await?;
         Ok(Scratch { name: name.to_owned(), pool })

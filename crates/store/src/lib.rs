@@ -68,7 +68,8 @@ pub fn pool_options() -> sqlx::postgres::PgPoolOptions {
 ///   compiling a statement that runs in 0.3 ms, which capped a worker at a few hundred tasks/s (runbook,
 ///   2026-12-05). No statement of ours reads enough rows for compiled expressions to pay off.
 ///
-/// A setting the URL already names (`?options=-c%20jit%3Don`) is left as the operator set it.
+/// A URL whose options already name a JIT setting (`?options=-c%20jit%3Don`, or `jit_above_cost`) is left as the
+/// operator set it.
 pub fn with_session_settings(options: sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions {
     let named = options.get_options().is_some_and(|given| given.contains("jit"));
     if named {

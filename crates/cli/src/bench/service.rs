@@ -258,6 +258,8 @@ async fn wake_latencies(pool: &PgPool, task_ids: &[String]) -> anyhow::Result<Hi
     .fetch_all(pool)
     .await
     .context("read wake latencies")?;
+    // Up to 600 s, not `new_histogram`'s 60 s: a worker that fell behind starts tasks as late as the load and the
+    // drain allow, and those latencies are the point of the report.
     let mut histogram = Histogram::new_with_bounds(1, 600_000_000, 3)?;
     for value in micros {
         histogram.record(value.max(1) as u64)?;

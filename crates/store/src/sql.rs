@@ -82,18 +82,16 @@ pub enum Planning {
     /// Written so that an index serves every table it reads whatever its arrays hold (each join to a batch's
     /// array has a redundant `= any($n)` on the table's key beside it), so one plan fits every batch. On the
     /// appender's pipelined connection it is prepared and always run with its generic plan, made with sequential
-    /// scans disabled (`set local` around it alone, [`GENERIC_PLAN_ON`]): PostgreSQL would otherwise plan it at
-    /// every batch (its generic plan looks dearer to it than the custom ones), or, on a table it has not analysed,
-    /// make a generic plan that scans the table. Elsewhere it is planned for its parameters every time, as
-    /// [`Planning::EachTime`].
+    /// scans disabled ([`GENERIC_PLAN_ON`], sent once before a batch's `Generic` statements, which go last):
+    /// PostgreSQL would otherwise plan it at every batch (its generic plan looks dearer to it than the custom ones),
+    /// or, on a table it has not analysed, make a generic plan that scans the table. Elsewhere it is planned for its
+    /// parameters every time, as [`Planning::EachTime`].
     Generic,
 }
 
-/// Sent before a [`Planning::Generic`] statement in a pipelined transaction: its generic plan, never a sequential scan.
+/// Sent before the [`Planning::Generic`] statements of a pipelined transaction, which go last, just before `commit`
+/// (which ends these settings): their generic plans, never a sequential scan.
 pub const GENERIC_PLAN_ON: &str = "set local plan_cache_mode = force_generic_plan; set local enable_seqscan = off";
-
-/// Sent after it: the session's settings again for the statements that follow.
-pub const GENERIC_PLAN_OFF: &str = "set local plan_cache_mode = default; set local enable_seqscan = default";
 
 /// A statement parameter: a scalar, or an array that `unnest` turns into rows.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
-//! How the appender's pipeline plans the read models' statements: a `Generic` one runs with PostgreSQL's generic
-//! plan and sequential scans off, and only it; the statements after it run with the session's settings again.
+//! How the appender's pipeline plans the read models' statements: the `Generic` ones run last, with PostgreSQL's
+//! generic plan and sequential scans off, and only they; the others run first, with the session's settings.
 
 use std::sync::Arc;
 
@@ -31,9 +31,9 @@ impl InlineProjector for RecordsSettings {
 }
 
 #[tokio::test]
-async fn only_a_generic_statement_runs_with_the_generic_plan_and_no_sequential_scans() {
+async fn only_a_generic_statement_runs_with_the_generic_plan_and_no_sequential_scans_after_the_others() {
     let pool = fresh_pool(4).await;
-    sqlx::query("create table settings_seen (n bigint, plan_cache_mode text, enable_seqscan text)")
+    sqlx::query("create table settings_seen (seq bigserial, n bigint, plan_cache_mode text, enable_seqscan text)")
         .execute(&pool)
         .await
         .unwrap();
@@ -43,11 +43,12 @@ async fn only_a_generic_statement_runs_with_the_generic_plan_and_no_sequential_s
     assert_eq!(store.stats().pipelined_batches, 1);
 
     let seen: Vec<(i64, String, String)> =
-        sqlx::query_as("select n, plan_cache_mode, enable_seqscan from settings_seen order by n")
+        sqlx::query_as("select n, plan_cache_mode, enable_seqscan from settings_seen order by seq")
             .fetch_all(&pool)
             .await
             .unwrap();
-    let expected = [(1, "auto", "on"), (2, "force_generic_plan", "off"), (3, "auto", "on")];
+    // In the order they ran: the `Generic` statement last, behind the one given after it.
+    let expected = [(1, "auto", "on"), (3, "auto", "on"), (2, "force_generic_plan", "off")];
     let expected: Vec<(i64, String, String)> =
         expected.iter().map(|(n, mode, seqscan)| (*n, mode.to_string(), seqscan.to_string())).collect();
     assert_eq!(seen, expected);

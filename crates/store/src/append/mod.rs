@@ -26,7 +26,7 @@ use crate::blob::{NewBlob, MAX_INLINE_BLOB_BYTES, MAX_INLINE_BLOB_BYTES_PER_COMM
 use crate::canonical::{as_jsonb_reads_back, canonical_bytes, chain_hash, CanonicalEvent};
 use crate::pipeline::{Answer, PipelinedConnection, Step};
 use crate::record::RecordedEvent;
-use crate::sql::{Planning, Statement, GENERIC_PLAN_OFF, GENERIC_PLAN_ON};
+use crate::sql::{Planning, Statement, GENERIC_PLAN_ON};
 
 /// The key of the transaction-scoped advisory lock every append takes. Arbitrary, fixed forever.
 pub const APPEND_LOCK_KEY: i64 = 0x004a_4354_5f4c_4f47; // "JCT_LOG" in ASCII
@@ -772,19 +772,29 @@ async fn write_pipelined(
         steps.push(Step::Simple("begin"));
     }
     steps.extend(lock.iter().chain(&expect).chain(&insert).map(Step::Execute));
-    for statement in &read_models {
-        if statement.planning == Planning::Generic {
-            steps.extend([Step::Simple(GENERIC_PLAN_ON), Step::Execute(statement), Step::Simple(GENERIC_PLAN_OFF)]);
-        } else {
-            steps.push(Step::Execute(statement));
-        }
-    }
+    steps.extend(read_model_steps(&read_models));
     steps.push(Step::Simple("commit"));
     let answers = connection.run_telling_when_sent(&steps, sent).await?;
     for (step, answer) in steps.iter().zip(answers) {
         answer.with_context(|| format!("append pipelined: {}", step.what()))?;
     }
     Ok(())
+}
+
+/// The read models' statements as a flight sends them: those planned their own way first, in their order, then
+/// [`GENERIC_PLAN_ON`] once and every [`Planning::Generic`] statement, in their order. Only `commit` follows, and it
+/// ends the `set local` settings, so the session's own need not be set again: one simple statement a batch instead
+/// of two around each `Generic` one. Read models write disjoint tables, so their statements commute; each one's own
+/// statements keep their order.
+fn read_model_steps<'s, 'a>(read_models: &'s [Statement<'a>]) -> Vec<Step<'s, 'a>> {
+    let (generic, planned): (Vec<&Statement<'a>>, Vec<&Statement<'a>>) =
+        read_models.iter().partition(|statement| statement.planning == Planning::Generic);
+    let mut steps: Vec<Step<'s, 'a>> = planned.into_iter().map(Step::Execute).collect();
+    if !generic.is_empty() {
+        steps.push(Step::Simple(GENERIC_PLAN_ON));
+        steps.extend(generic.into_iter().map(Step::Execute));
+    }
+    steps
 }
 
 /// A batch whose transaction failed, nothing of it committed, with its commands as they were given (rebuilt from
@@ -1265,4 +1275,37 @@ pub(crate) fn canonical_of(record: &RecordedEvent) -> CanonicalEvent<'_> {
 /// The current time at the microsecond precision PostgreSQL stores, so hashes recompute from stored rows.
 fn now_micros() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is representable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::Param;
+
+    fn statement(what: &'static str, planning: Planning) -> Statement<'static> {
+        Statement { sql: what, params: vec![Param::Int8(1)], planning, what }
+    }
+
+    #[test]
+    fn generic_statements_go_last_behind_one_set_local() {
+        let read_models = [
+            statement("move checkpoints", Planning::Cached),
+            statement("insert tasks", Planning::Cached),
+            statement("update tasks", Planning::Generic),
+            statement("apply cwom", Planning::EachTime),
+            statement("write queue rows", Planning::Generic),
+        ];
+        let steps: Vec<&str> = read_model_steps(&read_models).iter().map(Step::what).collect();
+        assert_eq!(
+            steps,
+            ["move checkpoints", "insert tasks", "apply cwom", GENERIC_PLAN_ON, "update tasks", "write queue rows"]
+        );
+    }
+
+    #[test]
+    fn without_generic_statements_nothing_is_set() {
+        let read_models = [statement("move checkpoints", Planning::Cached), statement("apply cwom", Planning::Cached)];
+        let steps: Vec<&str> = read_model_steps(&read_models).iter().map(Step::what).collect();
+        assert_eq!(steps, ["move checkpoints", "apply cwom"]);
+    }
 }

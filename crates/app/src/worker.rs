@@ -290,9 +290,12 @@ async fn claim_round(
             }
             Err(error) => return Err(anyhow::Error::from(error).context("append a claim")),
         };
-        let task_events: Vec<RecordedEvent> =
-            appended.events.iter().filter(|event| event.stream.kind == EntityKind::Task).cloned().collect();
-        if !appended.read_models_applied {
+        let position = appended.last_position();
+        let read_models_applied = appended.read_models_applied;
+        // The appended events are this claim's own: moved out, not copied (a run's input is some KiB of JSON).
+        let mut task_events: Vec<RecordedEvent> =
+            appended.events.into_iter().filter(|event| event.stream.kind == EntityKind::Task).collect();
+        if !read_models_applied {
             unapplied.extend(task_events.iter().cloned());
         }
         if candidate.exhausted {
@@ -304,19 +307,20 @@ async fn claim_round(
             state.apply(event.stream_version, &event.event_type, &event.payload)?;
         }
         let started = task_events
-            .iter()
+            .iter_mut()
             .find(|event| event.event_type == domain::task::lifecycle::events::RUN_STARTED)
             .context("a claim starts a run")?;
+        let input = started.payload.get_mut("input").map(Value::take).unwrap_or_default();
         let current = state.current.clone().context("a claimed task has a running attempt")?;
         batch.claimed.push(ClaimedTask {
             task_id: state.task_id.clone(),
             trace_id: state.trace_id.clone(),
             attempt: current.number,
             run_id: candidate.run_id,
-            input: started.payload["input"].clone(),
+            input,
             time_budget: candidate.time_budget,
             lease_expires_at: current.lease_expires_at,
-            position: appended.last_position(),
+            position,
             state,
         });
         if let Some(slots) = freed.as_mut() {

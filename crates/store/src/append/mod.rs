@@ -110,7 +110,9 @@ pub trait InlineProjector: Send + Sync + 'static {
     /// The statements that apply `events` (consecutive positions, the whole batch as stored) to every read model,
     /// computed from the events alone. The first of them moves every read model's checkpoint past the events and
     /// fails the transaction unless each was exactly at the position before them (so the others never apply to a
-    /// read model that is behind or busy). The store sends them in the append's pipeline, behind the insert.
+    /// read model that is behind or busy). The store sends them in the append's pipeline, behind the insert, with
+    /// the [`Planning::Generic`] ones last (each statement's order among those of its kind kept), so one statement
+    /// must not depend on what another of a different kind writes: read models write tables of their own.
     /// `None` when the batch cannot be applied so: the store then appends it step by step with
     /// [`InlineProjector::apply_appended`].
     fn pipelined_statements<'e>(&self, events: &'e [RecordedEvent]) -> anyhow::Result<Option<Vec<Statement<'e>>>>;

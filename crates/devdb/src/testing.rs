@@ -14,7 +14,11 @@ use crate::cluster::{create_database, quote_ident, ManagedCluster, Options};
 /// Names of the databases [`TestServer::fresh_database`] creates start with this, then the creation
 /// time in Unix seconds and a random number: `jct_test_1767225600_3f9a0c41d2e8b7a6`.
 const PREFIX: &str = "jct_test_";
-/// On a shared server, test databases older than this are dropped when a test process starts.
+/// On a shared server, test databases nobody is connected to are dropped once they are this old, when a test
+/// process starts: a failed test's database stays for a look for a while, and a day of test runs does not leave
+/// a thousand databases (some GB) behind.
+const UNUSED_AFTER_SECS: u64 = 10 * 60;
+/// Test databases older than this are dropped when a test process starts, even while something is connected.
 const STALE_AFTER_SECS: u64 = 6 * 3600;
 
 /// The PostgreSQL server the tests of one process share; each test gets its own database on it.
@@ -48,8 +52,9 @@ pub async fn test_server() -> anyhow::Result<&'static TestServer> {
 }
 
 impl TestServer {
-    /// Uses the existing server at `admin_url` (a user allowed to create databases), after dropping
-    /// test databases that earlier runs left there more than six hours ago.
+    /// Uses the existing server at `admin_url` (a user allowed to create databases), after dropping the test
+    /// databases earlier runs left there more than ten minutes ago that nobody is connected to, and those left
+    /// more than six hours ago.
     pub async fn external(admin_url: &str) -> anyhow::Result<TestServer> {
         let mut conn = PgConnection::connect(admin_url)
             .await
@@ -144,7 +149,9 @@ async fn drop_database(conn: &mut PgConnection, name: &str) -> anyhow::Result<()
     Ok(())
 }
 
-/// Drops the test databases that are old enough that no test can still be using them.
+/// Drops the test databases that are old enough that no test can still be using them, and those a few minutes
+/// old that nobody is connected to (PostgreSQL refuses to drop a database in use without `force`, atomically, so a
+/// test still running elsewhere keeps its own).
 async fn drop_stale_databases(conn: &mut PgConnection) -> anyhow::Result<()> {
     let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
         .bind(PREFIX)
@@ -152,14 +159,26 @@ async fn drop_stale_databases(conn: &mut PgConnection) -> anyhow::Result<()> {
         .await?;
     let now = unix_now();
     for name in names {
-        let created = name[PREFIX.len()..].split('_').next().and_then(|s| s.parse::<u64>().ok());
-        if created.is_some_and(|t| t + STALE_AFTER_SECS < now) {
+        let Some(created) = name[PREFIX.len()..].split('_').next().and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        if created + STALE_AFTER_SECS < now {
             tracing::info!(database = %name, "dropping a stale test database");
             drop_database(conn, &name).await?;
+        } else if created + UNUSED_AFTER_SECS < now {
+            let dropped = conn.execute(format!("DROP DATABASE IF EXISTS {}", quote_ident(&name)).as_str()).await;
+            match dropped {
+                Ok(_) => tracing::debug!(database = %name, "dropped an unused test database"),
+                Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(OBJECT_IN_USE) => {}
+                Err(error) => return Err(error).with_context(|| format!("dropping database {name}")),
+            }
         }
     }
     Ok(())
 }
+
+/// SQLSTATE `object_in_use`: a database someone is connected to.
+const OBJECT_IN_USE: &str = "55006";
 
 /// Names of the directories [`scratch_dir`] makes start with this; then what they are for, the creation time in
 /// Unix seconds and a 16-digit hex random number: `jct-scratch-worker-exec-1767225600-3f9a0c41d2e8b7a6`. (Not
@@ -168,7 +187,7 @@ const DIR_PREFIX: &str = "jct-scratch-";
 
 /// A new directory under the system's temp dir for one test's files (trace folders, blobs, process logs). It is
 /// kept after the test, whose files help when it fails; the first call in a process removes the directories
-/// earlier runs left more than six hours ago, as [`TestServer::external`] drops stale test databases.
+/// earlier runs left more than six hours ago, as [`TestServer::external`] drops test databases six hours old.
 pub fn scratch_dir(what: &str) -> PathBuf {
     static SWEPT: std::sync::Once = std::sync::Once::new();
     let root = std::env::temp_dir();

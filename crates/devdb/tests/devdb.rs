@@ -205,3 +205,52 @@ async fn cluster_under_a_long_path_puts_its_socket_under_tmp() {
     cluster.stop().await;
     std::fs::remove_dir(&socket_dir).unwrap();
 }
+
+/// A test database as an earlier test process would have left it `age_secs` ago (the name carries its creation
+/// time); returns its name.
+async fn leave_test_database(admin: &str, age_secs: u64) -> String {
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - age_secs;
+    let name = format!("jct_test_{created}_{:016x}", rand::random::<u64>());
+    let mut conn = PgConnection::connect(admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    name
+}
+
+async fn database_exists(admin: &str, name: &str) -> bool {
+    let mut conn = PgConnection::connect(admin).await.unwrap();
+    let exists: bool = sqlx::query_scalar("SELECT exists (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    exists
+}
+
+#[tokio::test]
+async fn a_test_process_drops_earlier_test_databases_nobody_uses() {
+    let admin = match std::env::var("DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) => test_server().await.unwrap().admin_url().to_owned(),
+    };
+    let unused = leave_test_database(&admin, 11 * 60).await;
+    let in_use = leave_test_database(&admin, 11 * 60).await;
+    let recent = leave_test_database(&admin, 60).await;
+    let options = admin.parse::<sqlx::postgres::PgConnectOptions>().unwrap().database(&in_use);
+    let mut user = PgConnection::connect_with(&options).await.unwrap();
+
+    // What every test process does when it starts on a server of its own choosing.
+    let server = TestServer::external(&admin).await.unwrap();
+    assert!(!database_exists(&admin, &unused).await, "an unused database ten minutes old is dropped");
+    assert!(database_exists(&admin, &in_use).await, "a database in use is kept");
+    assert!(database_exists(&admin, &recent).await, "a recent database is kept");
+    sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut user).await.expect("its connection was left alone");
+
+    user.close().await.unwrap();
+    for name in [&in_use, &recent] {
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&format!("/{name}"));
+        server.drop_database(url.as_str()).await.unwrap();
+    }
+}

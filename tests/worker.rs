@@ -1131,3 +1131,23 @@ async fn a_worker_in_a_process_of_its_own_claims_without_reading_the_log_under_t
     let stats = worker_process.store().stats();
     assert_eq!((stats.guessed_batches, stats.speculative_batches, stats.speculative_misses), (2, 2, 0), "{stats:?}");
 }
+
+#[tokio::test]
+async fn the_default_scratch_root_is_removed_at_a_graceful_shutdown_and_a_named_one_stays() {
+    let test = TestApp::spawn().await;
+    let named = test_config("scratch-named");
+    let default = WorkerConfig { scratch_root: None, ..test_config("scratch-default") };
+    let default_root = std::env::temp_dir().join(format!("jct-worker-{}", default.worker_id));
+    for config in [named.clone(), default] {
+        let (id, _) = enqueue(&test, &valid_task(), true).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(worker::run(test.app.clone(), config, async move {
+            let _ = stopped.await;
+        }));
+        wait_until(Duration::from_secs(10), || async { task(&test, &id).await["status"] == "completed" }).await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), worker).await.expect("stopped").unwrap().unwrap();
+    }
+    assert!(named.scratch_root.as_deref().unwrap().is_dir(), "a scratch root the operator named stays");
+    assert!(!default_root.exists(), "{} was removed", default_root.display());
+}

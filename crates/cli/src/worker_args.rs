@@ -72,7 +72,8 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub traces: TraceArgs,
 
-    /// Where handlers get scratch directories. Default: `<temp dir>/jct-worker-<worker id>`.
+    /// Where handlers get scratch directories. Default: `<temp dir>/jct-worker-<worker id>`, removed at a graceful
+    /// shutdown if it is empty.
     #[arg(long = "scratch-dir", env = "JCT_WORKER_SCRATCH_DIR", value_name = "JCT_WORKER_SCRATCH_DIR")]
     pub scratch_dir: Option<PathBuf>,
 

@@ -127,7 +127,8 @@ pub struct WorkerConfig {
     pub trace_root: PathBuf,
     /// Content-addressed blobs (handler logs, artifacts). Default `<trace root>/.blobs`.
     pub blob_root: Option<PathBuf>,
-    /// Where handlers get their scratch directories. Default `<temp dir>/jct-worker-<worker id>`.
+    /// Where handlers get their scratch directories. Default `<temp dir>/jct-worker-<worker id>`, removed at a
+    /// graceful shutdown if it is empty.
     pub scratch_root: Option<PathBuf>,
     /// On shutdown, how long running handlers may still finish before they are stopped and their tasks released
     /// to other workers. Default 30 s.
@@ -524,6 +525,11 @@ pub async fn run(app: App, config: WorkerConfig, shutdown: impl Future<Output = 
         if let Err(error) = project_traces(&app, config).await {
             tracing::warn!("failed the last trace catch-up: {error:#}");
         }
+    }
+    // The default scratch root is this worker's own (`<temp dir>/jct-worker-<worker id>`): left empty, it goes, so a
+    // machine's temp dir does not collect one directory per worker ever started. One an operator named stays.
+    if config.scratch_root.is_none() {
+        let _ = std::fs::remove_dir(&worker.scratch_root);
     }
     tracing::info!(worker_id = %config.worker_id, "worker stopped");
     Ok(())

@@ -15,7 +15,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use hdrhistogram::Histogram;
-use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 
 use crate::config::DatabaseArgs;
@@ -171,19 +170,22 @@ impl Scratch {
             .execute(&database.pool)
             .await
             .context("create scratch database")?;
-        let options = store::with_session_settings(database.url.parse::<PgConnectOptions>()?.database(&name));
-        let pool = store::pool_options().max_connections(40).connect_with(options).await?;
-        store::MIGRATOR.run(&pool).await?;
-        Ok(Scratch { name, pool })
+        Scratch::connect(database, name).await
     }
 
     /// A scratch database an earlier run kept.
     async fn open(database: &Database, name: &str) -> anyhow::Result<Scratch> {
         anyhow::ensure!(name.starts_with("jct_kept_"), "{name} is not a database `jct bench --keep-database` kept");
-        let options = store::with_session_settings(database.url.parse::<PgConnectOptions>()?.database(name));
+        Scratch::connect(database, name.to_owned()).await
+    }
+
+    /// A pool on the database `name` of `database`'s server, connecting as `database`'s pool does (its user, and
+    /// the session settings `Database::connect` gave it), migrated.
+    async fn connect(database: &Database, name: String) -> anyhow::Result<Scratch> {
+        let options = database.pool.connect_options().as_ref().clone().database(&name);
         let pool = store::pool_options().max_connections(40).connect_with(options).await?;
         store::MIGRATOR.run(&pool).await?;
-        Ok(Scratch { name: name.to_owned(), pool })
+        Ok(Scratch { name, pool })
     }
 
     /// The URL of this database, for the processes a bench starts.

@@ -107,7 +107,7 @@ impl TestServer {
             bail!("refusing to drop {name}: not a database made by fresh_database");
         }
         let mut conn = PgConnection::connect(&self.admin_url).await.context("connecting to the test server")?;
-        drop_database(&mut conn, &name).await?;
+        drop_database(&mut conn, &name, true).await.with_context(|| format!("dropping database {name}"))?;
         let _ = conn.close().await;
         Ok(())
     }
@@ -142,10 +142,11 @@ fn database_name(database_url: &str) -> anyhow::Result<String> {
     }
 }
 
-async fn drop_database(conn: &mut PgConnection, name: &str) -> anyhow::Result<()> {
-    conn.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)).as_str())
-        .await
-        .with_context(|| format!("dropping database {name}"))?;
+/// Drops `name` if it exists; with `force`, closing the connections to it first, else failing with
+/// [`OBJECT_IN_USE`] while anyone is connected (PostgreSQL checks that atomically with the drop).
+async fn drop_database(conn: &mut PgConnection, name: &str, force: bool) -> Result<(), sqlx::Error> {
+    let with_force = if force { " WITH (FORCE)" } else { "" };
+    conn.execute(format!("DROP DATABASE IF EXISTS {}{with_force}", quote_ident(name)).as_str()).await?;
     Ok(())
 }
 
@@ -164,11 +165,10 @@ async fn drop_stale_databases(conn: &mut PgConnection) -> anyhow::Result<()> {
         };
         if created + STALE_AFTER_SECS < now {
             tracing::info!(database = %name, "dropping a stale test database");
-            drop_database(conn, &name).await?;
+            drop_database(conn, &name, true).await.with_context(|| format!("dropping database {name}"))?;
         } else if created + UNUSED_AFTER_SECS < now {
-            let dropped = conn.execute(format!("DROP DATABASE IF EXISTS {}", quote_ident(&name)).as_str()).await;
-            match dropped {
-                Ok(_) => tracing::debug!(database = %name, "dropped an unused test database"),
+            match drop_database(conn, &name, false).await {
+                Ok(()) => tracing::debug!(database = %name, "dropped an unused test database"),
                 Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(OBJECT_IN_USE) => {}
                 Err(error) => return Err(error).with_context(|| format!("dropping database {name}")),
             }

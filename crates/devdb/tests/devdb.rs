@@ -120,13 +120,18 @@ async fn fresh_databases_from_the_process_wide_server() {
     check_fresh_databases(server, 8).await;
 }
 
-#[tokio::test]
-async fn fresh_databases_on_an_existing_server() {
-    // The machine's server when DATABASE_URL is set; else the throwaway one, used as if it were external.
-    let admin = match std::env::var("DATABASE_URL") {
+/// An admin URL to use as an existing server: the machine's when DATABASE_URL is set, else the process-wide
+/// throwaway one's.
+async fn external_admin_url() -> String {
+    match std::env::var("DATABASE_URL") {
         Ok(url) => url,
         Err(_) => test_server().await.unwrap().admin_url().to_owned(),
-    };
+    }
+}
+
+#[tokio::test]
+async fn fresh_databases_on_an_existing_server() {
+    let admin = external_admin_url().await;
     let server = TestServer::external(&admin).await.unwrap();
     assert!(server.cluster().is_none());
     check_fresh_databases(&server, 4).await;
@@ -230,10 +235,7 @@ async fn database_exists(admin: &str, name: &str) -> bool {
 
 #[tokio::test]
 async fn a_test_process_drops_earlier_test_databases_nobody_uses() {
-    let admin = match std::env::var("DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => test_server().await.unwrap().admin_url().to_owned(),
-    };
+    let admin = external_admin_url().await;
     let unused = leave_test_database(&admin, 11 * 60).await;
     let in_use = leave_test_database(&admin, 11 * 60).await;
     let recent = leave_test_database(&admin, 60).await;

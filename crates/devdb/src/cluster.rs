@@ -178,6 +178,16 @@ impl ManagedCluster {
         }
     }
 
+    /// Stops the server as a crash would (`pg_ctl stop -m immediate`: no shutdown checkpoint; every connection
+    /// is cut), then starts it again, which recovers from the WAL. The server comes back at the same socket, so
+    /// URLs stay valid. For fault tests: a transaction whose commit was acknowledged survives only if the
+    /// cluster is durable (not a throwaway one, which runs with `synchronous_commit = off`).
+    pub async fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        self.pg_ctl_stop("immediate").await?;
+        self.running = false;
+        self.start_server().await
+    }
+
     /// Runs initdb into a scratch directory and moves it into place only once it succeeded, so an
     /// interrupted initdb never leaves a half-made cluster behind.
     async fn initdb(&self, root: &Path) -> anyhow::Result<()> {

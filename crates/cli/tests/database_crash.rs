@@ -1,0 +1,202 @@
+//! PostgreSQL crashes under `jct up` while clients enqueue and the worker runs tasks: every enqueue the service
+//! answered 201 is in the log and completes exactly once, the hash chain still verifies, the read models and the
+//! trace folders catch up, and the process recovers by itself (no restart) and still shuts down cleanly.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+/// A child process, killed if the test ends before it does (a failed assertion must not leave it running).
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.0.try_wait().is_ok_and(|status| status.is_none()) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `jct up` on `url`, listening on `bind`, with its files under `dir`; its log goes to `dir/up.log`.
+fn spawn_up(url: &str, bind: &str, dir: &Path) -> Process {
+    let log = std::fs::File::create(dir.join("up.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_jct"))
+        .arg("up")
+        .env("DATABASE_URL", url)
+        .env("JCT_BIND", bind)
+        .env("JCT_DATA_DIR", dir)
+        .env("JCT_ALLOWED_REPO_PREFIXES", "testorg/")
+        .env("JCT_WORKER_STUB_DURATION", "20ms")
+        .env("JCT_WORKER_POLL_INTERVAL", "200ms")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start jct up");
+    Process(child)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// What one client saw: the task ids of the enqueues answered 201, and how many got another answer or none.
+#[derive(Default)]
+struct Answers {
+    created: Vec<String>,
+    other: HashMap<String, usize>,
+}
+
+/// Enqueues one task after another until `stop` is set.
+async fn client(base: String, n: usize, stop: Arc<AtomicBool>) -> Answers {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let mut answers = Answers::default();
+    let mut seq = 0;
+    while !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let body = json!({
+            "requested_by": {"kind": "agent", "id": format!("client-{n}")},
+            "objective": format!("Task {seq} of client {n}, enqueued across a database crash"),
+            "operation": "analysis",
+            "target": {"repo": "testorg/crash"},
+        });
+        match http.post(format!("{base}/tasks/enqueue")).json(&body).send().await {
+            Ok(response) if response.status() == reqwest::StatusCode::CREATED => {
+                let task: Value = response.json().await.expect("a 201 carries the task");
+                answers.created.push(task["task_id"].as_str().expect("task_id").to_owned());
+            }
+            Ok(response) => *answers.other.entry(response.status().to_string()).or_default() += 1,
+            Err(error) => *answers.other.entry(format!("no answer: {error}")).or_default() += 1,
+        }
+    }
+    answers
+}
+
+async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_crash_loses_no_acknowledged_enqueue_and_the_service_recovers_by_itself() {
+    const CLIENTS: usize = 6;
+    let dir = devdb::scratch_dir("database-crash");
+    // A durable cluster of the test's own: the shared test server may be a throwaway one (`synchronous_commit =
+    // off`, where a crash may lose acknowledged commits by design), and it serves other tests that must not see
+    // this one's crash.
+    let mut cluster = devdb::ManagedCluster::start(&dir.join("cluster")).await.expect("start a cluster");
+    let url = cluster.url(devdb::DEFAULT_DATABASE);
+    let bind = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{bind}");
+    let mut up = spawn_up(&url, &bind, &dir);
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(up.0.try_wait().unwrap().is_none(), "jct up exited; see {}", dir.join("up.log").display());
+        assert!(Instant::now() < deadline, "jct up did not answer /health");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS).map(|n| tokio::spawn(client(base.clone(), n, stop.clone()))).collect();
+    // Crash while enqueues, claims and ends are being appended, then let the clients go on for a while.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.crash_and_restart().await.expect("crash and restart the cluster");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = BTreeSet::new();
+    let mut other: HashMap<String, usize> = HashMap::new();
+    for client in clients {
+        let answers = client.await.unwrap();
+        acknowledged.extend(answers.created);
+        for (answer, n) in answers.other {
+            *other.entry(answer).or_default() += n;
+        }
+    }
+    assert!(acknowledged.len() >= 50, "too few enqueues to mean anything: {} ({other:?})", acknowledged.len());
+
+    // Every acknowledged task completes, exactly once, on the same process.
+    let pool = PgPoolOptions::new().max_connections(2).connect(&url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut per_task: HashMap<String, HashMap<String, usize>> = HashMap::new();
+    loop {
+        assert!(up.0.try_wait().unwrap().is_none(), "jct up exited; see {}", dir.join("up.log").display());
+        per_task.clear();
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("select entity_id, event_type from audit_log where entity_kind = 'Task'")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        for (task_id, event_type) in rows {
+            *per_task.entry(task_id).or_default().entry(event_type).or_default() += 1;
+        }
+        let completed = acknowledged
+            .iter()
+            .filter(|task_id| per_task.get(*task_id).is_some_and(|counts| counts.contains_key("TaskCompleted")))
+            .count();
+        if completed == acknowledged.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{completed} of {} acknowledged tasks completed; see {}",
+            acknowledged.len(),
+            dir.join("up.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for task_id in &acknowledged {
+        let counts = &per_task[task_id];
+        let n = |event_type: &str| counts.get(event_type).copied().unwrap_or(0);
+        assert_eq!(n("TaskCreated"), 1, "{task_id}: {counts:?}");
+        assert_eq!(n("TaskCompleted"), 1, "{task_id}: {counts:?}");
+        assert_eq!(n("TaskClaimed"), n("RunStarted"), "one RunStarted per attempt, {task_id}: {counts:?}");
+    }
+
+    // The log is whole, and everything derived from it caught up: the read models inline, the trace folders
+    // in the background.
+    let report = store::verify::verify_chain(&pool).await.unwrap();
+    assert!(report.ok, "the hash chain does not verify after the crash: {:?}", report.reason);
+    let statuses: Vec<(String, String)> = sqlx::query_as("select task_id, status from tasks where task_id = any($1)")
+        .bind(acknowledged.iter().cloned().collect::<Vec<_>>())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(statuses.len(), acknowledged.len());
+    assert!(statuses.iter().all(|(_, status)| status == "completed"), "{statuses:?}");
+    let traces = dir.join("traces");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged.iter().any(|task_id| !traces.join(task_id).join("output.json").exists()) {
+        assert!(Instant::now() < deadline, "trace folders missing after the crash");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let head = scalar(&pool, "select max(position) from audit_log").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scalar(&pool, "select min(position) from projection_checkpoints").await < head {
+        assert!(Instant::now() < deadline, "a projection did not catch up with the log after the crash");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // It still shuts down as asked.
+    let _ = Command::new("kill").args(["-INT", &up.0.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = up.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "jct up did not stop after SIGINT");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "jct up exited with {status}; see {}", dir.join("up.log").display());
+    pool.close().await;
+    cluster.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -249,3 +249,89 @@ async fn the_read_models_generic_statements_find_their_rows_by_index_on_a_table_
         }
     }
 }
+
+#[tokio::test]
+async fn a_projector_killed_mid_batch_resumes_from_its_checkpoint_and_applies_nothing_twice() {
+    let test = TestApp::spawn().await;
+    let tasks_checkpoint =
+        |pool: PgPool| async move { checkpoints(&pool).await.into_iter().find(|(n, _)| n == "tasks").unwrap().1 };
+    let first = ulid::Ulid::new().to_string();
+    test.app.store().append(enqueue_command(&first)).await.unwrap();
+    let applied = tasks_checkpoint(test.pool.clone()).await;
+
+    // The tasks model falls behind (its projector holds the checkpoint row, so appends leave the model to it) by
+    // forty new tasks and then the cancel of the first one.
+    let mut busy = test.pool.begin().await.unwrap();
+    sqlx::query("select 1 from projection_checkpoints where name = 'tasks' for update")
+        .execute(&mut *busy)
+        .await
+        .unwrap();
+    let later: Vec<String> = (0..40).map(|_| ulid::Ulid::new().to_string()).collect();
+    for task_id in &later {
+        test.app.store().append(enqueue_command(task_id)).await.unwrap();
+    }
+    let mut state = app::worker::load_state(&test.app, &first).await.unwrap();
+    let actor = domain::event::Actor::system("test");
+    let cancel = domain::task::run::Cancel { now: chrono::Utc::now(), actor: &actor, reason: None };
+    app::worker::append_decision(&test.app, &mut state, None, |state| domain::task::run::decide_cancel(state, &cancel))
+        .await
+        .unwrap()
+        .expect("a queued task can be cancelled");
+    busy.rollback().await.unwrap();
+    assert_eq!(tasks_checkpoint(test.pool.clone()).await, applied, "the tasks model is behind");
+
+    // Its projector applies the batch: it inserts the forty rows, then waits for the first task's row, which this
+    // test holds. Mid-batch, its backend is killed, as when its process dies.
+    let mut holder = test.pool.begin().await.unwrap();
+    let holder_pid: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut *holder).await.unwrap();
+    sqlx::query("select 1 from tasks where task_id = $1 for update").bind(&first).execute(&mut *holder).await.unwrap();
+    let projector = tokio::spawn({
+        let pool = test.pool.clone();
+        async move {
+            projections::runner::apply_batch(&pool, &projections::tasks::TasksProjection, &app::upcasters(), 1000).await
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let blocked: i32 = loop {
+        let waiting: Option<i32> =
+            sqlx::query_scalar("select pid from pg_stat_activity where $1 = any(pg_blocking_pids(pid))")
+                .bind(holder_pid)
+                .fetch_optional(&test.pool)
+                .await
+                .unwrap();
+        if let Some(pid) = waiting {
+            break pid;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the projector never reached the held row");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let terminated: bool =
+        sqlx::query_scalar("select pg_terminate_backend($1)").bind(blocked).fetch_one(&test.pool).await.unwrap();
+    assert!(terminated);
+    assert!(projector.await.unwrap().is_err(), "the killed batch failed");
+    holder.rollback().await.unwrap();
+
+    // Nothing of the killed batch is visible, rows or checkpoint.
+    assert_eq!(tasks_checkpoint(test.pool.clone()).await, applied);
+    let rows: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&test.pool).await.unwrap();
+    assert_eq!(rows, 1);
+
+    // The projector starts again from its checkpoint: every event applied once, as a rebuild from the log has it.
+    projections::runner::catch_up(&test.pool, &projections::tasks::TasksProjection, &app::upcasters()).await.unwrap();
+    assert_eq!(tasks_checkpoint(test.pool.clone()).await, head(&test.pool).await);
+    let first_task: Value = projections::tasks::get_task(&test.pool, &first).await.unwrap().expect("the first task");
+    assert_eq!(first_task["status"], "cancelled");
+    let checksum = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>("select md5(string_agg(t::text, '|' order by task_id)) from tasks t")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let resumed = checksum(test.pool.clone()).await;
+    projections::rebuild::rebuild(&test.pool, &projections::tasks::TasksProjection, &app::upcasters(), &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(checksum(test.pool.clone()).await, resumed);
+    let rows: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&test.pool).await.unwrap();
+    assert_eq!(rows, 41);
+}

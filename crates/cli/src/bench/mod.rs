@@ -1,8 +1,9 @@
 //! `jct bench`: measurements that print figures, each beside PostgreSQL's own single-row insert rate measured
 //! in the same run on the same machine, so every figure reads as a ratio. Nothing here passes or fails on time.
 //!
-//! Every benchmark runs in a scratch database of its own (`jct_bench_<ulid>`), dropped afterwards (`bench forensics
-//! --keep-database` keeps it, as `jct_kept_<ulid>`, to measure again on it).
+//! Every benchmark runs in a scratch database of its own (`jct_bench_<ulid>`), dropped afterwards. `bench forensics
+//! --keep-database` keeps it, as `jct_kept_<ulid>`, to measure again on it; `bench worker --keep-database`, to look
+//! at the log its phases left.
 
 mod append;
 mod enqueue;
@@ -69,6 +70,10 @@ pub enum BenchCommand {
         /// Create the four CWOM objects with each task (the API's default: true).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         create_cwom: bool,
+        /// Keep the scratch database afterwards (its name is printed), to look at the log the phases left: how
+        /// the worker's appends were batched, for example (`docs/runbooks/benchmarks.md`).
+        #[arg(long)]
+        keep_database: bool,
     },
     /// The service as deployed: `jct up` (or `jct serve` and `jct worker`) started as child processes on a fresh
     /// scratch database, sent `POST /tasks/enqueue` over HTTP at a steady rate; how many tasks start, and how soon.
@@ -111,13 +116,17 @@ pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Resu
     let database = Database::connect(database).await?;
     let (scratch, keep) = match &command {
         BenchCommand::Forensics { reuse_database: Some(name), .. } => (Scratch::open(&database, name).await?, true),
-        BenchCommand::Forensics { keep_database: true, .. } => (Scratch::create(&database, "jct_kept").await?, true),
+        BenchCommand::Forensics { keep_database: true, .. } | BenchCommand::Worker { keep_database: true, .. } => {
+            (Scratch::create(&database, "jct_kept").await?, true)
+        }
         _ => (Scratch::create(&database, "jct_bench").await?, false),
     };
     let result = match command {
         BenchCommand::Append { seconds } => append::run(&scratch.pool, Duration::from_secs(seconds)).await,
         BenchCommand::Forensics { events, queries, .. } => forensics::run(&scratch.pool, events, queries).await,
-        BenchCommand::Worker { idle_samples, rate, seconds, tasks, overhead_tasks, concurrency, create_cwom } => {
+        BenchCommand::Worker {
+            idle_samples, rate, seconds, tasks, overhead_tasks, concurrency, create_cwom, ..
+        } => {
             let options = worker::bench::BenchOptions {
                 idle_samples,
                 load_rate: rate,

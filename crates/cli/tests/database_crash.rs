@@ -1,6 +1,7 @@
-//! PostgreSQL crashes under `jct up` while clients enqueue and the worker runs tasks: every enqueue the service
-//! answered 201 is in the log and completes exactly once, the hash chain still verifies, the read models and the
-//! trace folders catch up, and the process recovers by itself (no restart) and still shuts down cleanly.
+//! PostgreSQL crashes while clients enqueue and a worker runs tasks, under `jct up` and under `jct serve` beside a
+//! `jct worker`: every enqueue the service answered 201 is in the log and completes exactly once, the hash chain
+//! still verifies, the read models and the trace folders catch up, and the processes recover by themselves (no
+//! restart) and still shut down cleanly.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -25,11 +26,12 @@ impl Drop for Process {
     }
 }
 
-/// `jct up` on `url`, listening on `bind`, with its files under `dir`; its log goes to `dir/up.log`.
-fn spawn_up(url: &str, bind: &str, dir: &Path) -> Process {
-    let log = std::fs::File::create(dir.join("up.log")).unwrap();
+/// `jct <command>` on `url`, with its files under `dir` (trace folders in `dir/traces`); its log goes to
+/// `dir/<command>.log`.
+fn spawn(command: &str, url: &str, bind: &str, dir: &Path) -> Process {
+    let log = std::fs::File::create(dir.join(format!("{command}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_jct"))
-        .arg("up")
+        .arg(command)
         .env("DATABASE_URL", url)
         .env("JCT_BIND", bind)
         .env("JCT_DATA_DIR", dir)
@@ -41,7 +43,7 @@ fn spawn_up(url: &str, bind: &str, dir: &Path) -> Process {
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
-        .expect("start jct up");
+        .unwrap_or_else(|error| panic!("start jct {command}: {error}"));
     Process(child)
 }
 
@@ -85,10 +87,19 @@ async fn scalar(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_database_crash_loses_no_acknowledged_enqueue_and_the_service_recovers_by_itself() {
+/// Every process of `processes` still runs.
+fn assert_running(processes: &mut [(&str, Process)], dir: &Path) {
+    for (command, process) in processes {
+        let log = dir.join(format!("{command}.log"));
+        assert!(process.0.try_wait().unwrap().is_none(), "jct {command} exited; see {}", log.display());
+    }
+}
+
+/// Crashes PostgreSQL under `commands` (`up`, or `serve` and `worker`) while clients enqueue, then checks what
+/// the module doc says.
+async fn a_crash_under(commands: &[&str]) {
     const CLIENTS: usize = 6;
-    let dir = devdb::scratch_dir("database-crash");
+    let dir = devdb::scratch_dir(&format!("database-crash-{}", commands.join("-")));
     // A durable cluster of the test's own: the shared test server may be a throwaway one (`synchronous_commit =
     // off`, where a crash may lose acknowledged commits by design), and it serves other tests that must not see
     // this one's crash.
@@ -96,12 +107,13 @@ async fn a_database_crash_loses_no_acknowledged_enqueue_and_the_service_recovers
     let url = cluster.url(devdb::DEFAULT_DATABASE);
     let bind = format!("127.0.0.1:{}", free_port());
     let base = format!("http://{bind}");
-    let mut up = spawn_up(&url, &bind, &dir);
+    let mut processes: Vec<(&str, Process)> =
+        commands.iter().map(|command| (*command, spawn(command, &url, &bind, &dir))).collect();
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !http.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
-        assert!(up.0.try_wait().unwrap().is_none(), "jct up exited; see {}", dir.join("up.log").display());
-        assert!(Instant::now() < deadline, "jct up did not answer /health");
+        assert_running(&mut processes, &dir);
+        assert!(Instant::now() < deadline, "the API did not answer /health");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -128,7 +140,7 @@ async fn a_database_crash_loses_no_acknowledged_enqueue_and_the_service_recovers
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut per_task: HashMap<String, HashMap<String, usize>> = HashMap::new();
     loop {
-        assert!(up.0.try_wait().unwrap().is_none(), "jct up exited; see {}", dir.join("up.log").display());
+        assert_running(&mut processes, &dir);
         per_task.clear();
         let rows: Vec<(String, String)> =
             sqlx::query_as("select entity_id, event_type from audit_log where entity_kind = 'Task'")
@@ -147,9 +159,9 @@ async fn a_database_crash_loses_no_acknowledged_enqueue_and_the_service_recovers
         }
         assert!(
             Instant::now() < deadline,
-            "{completed} of {} acknowledged tasks completed; see {}",
+            "{completed} of {} acknowledged tasks completed; see the logs in {}",
             acknowledged.len(),
-            dir.join("up.log").display()
+            dir.display()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -185,18 +197,33 @@ async fn a_database_crash_loses_no_acknowledged_enqueue_and_the_service_recovers
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // It still shuts down as asked.
-    let _ = Command::new("kill").args(["-INT", &up.0.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = up.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "jct up did not stop after SIGINT");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "jct up exited with {status}; see {}", dir.join("up.log").display());
+    // They still shut down as asked.
+    for (_, process) in &processes {
+        let _ = Command::new("kill").args(["-INT", &process.0.id().to_string()]).status();
+    }
+    for (command, process) in &mut processes {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = process.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "jct {command} did not stop after SIGINT");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let log = dir.join(format!("{command}.log"));
+        assert!(status.success(), "jct {command} exited with {status}; see {}", log.display());
+    }
     pool.close().await;
     cluster.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_crash_under_jct_up_loses_no_acknowledged_enqueue_and_it_recovers_by_itself() {
+    a_crash_under(&["up"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_crash_under_serve_and_worker_processes_loses_nothing_and_both_recover_by_themselves() {
+    a_crash_under(&["serve", "worker"]).await;
 }

@@ -454,3 +454,28 @@ async fn list_queries_are_planned_for_each_call_never_kept_prepared() {
     }
     assert_eq!(sqlx::query_scalar::<_, i64>(kept).fetch_one(&mut *conn).await.unwrap(), 1, "only the check's own");
 }
+
+#[tokio::test]
+async fn without_a_free_database_connection_a_request_is_503_with_retry_after_and_then_served_again() {
+    use poem::EndpointExt as _;
+    let (_, url) = crate::harness::fresh_database().await;
+    // Two connections, both taken by this test: the service's next query waits 300 ms for one, then gives up.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_millis(300))
+        .connect(&url)
+        .await
+        .unwrap();
+    let app = app::App::start(pool.clone(), test_config()).await.unwrap();
+    let client = poem::test::TestClient::new(api::endpoint(app, api::HttpConfig::default()).boxed());
+    let held = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+
+    let response = client.get("/tasks").send().await;
+    assert_eq!(response.0.headers().get("retry-after").and_then(|value| value.to_str().ok()), Some("1"));
+    let (status, body) = status_and_json(response).await;
+    assert_eq!((status, body), (503, json!({"detail": "The database is unavailable; retry shortly"})));
+
+    drop(held);
+    let (status, body) = status_and_json(client.get("/tasks").send().await).await;
+    assert_eq!((status, body), (200, json!([])));
+}

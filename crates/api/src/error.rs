@@ -1,6 +1,6 @@
 //! Error bodies in the original's shapes, their OpenAPI schemas, and the mapping of framework errors to them.
 //!
-//! `{"detail": "..."}` for 401/404/405/409/413-style errors, `{"detail": [{"loc","msg","type"}]}` for
+//! `{"detail": "..."}` for 401/404/405/409/413/503-style errors, `{"detail": [{"loc","msg","type"}]}` for
 //! validation errors, `{"detail": {"error": "policy_violation", ...}}` for policy rejections. Internal errors
 //! are logged once here with the request's trace id and answered with a generic message.
 
@@ -107,8 +107,23 @@ pub fn unauthorized() -> Response {
     response
 }
 
-/// A 500 for an unexpected failure: logged here, once, with the chain; the client gets a generic message.
+/// How long a client is asked to wait before it retries while the database is unavailable (`Retry-After`).
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// A 503 with `Retry-After` when the database is unavailable for now (it is restarting, unreachable, or no
+/// connection was free in time: [`app::database_unavailable`]), else a 500 for an unexpected failure. Logged here,
+/// once, with the chain (the 503 as a warning); the client gets a generic message. A command answered 503 may
+/// still have committed if the database went away during its commit: retry it with the same `idempotency_key`.
 pub fn internal(error: &anyhow::Error) -> poem::Error {
+    if app::database_unavailable(error) {
+        tracing::warn!("database unavailable: {error:#}");
+        let mut response = json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "detail": "The database is unavailable; retry shortly" }),
+        );
+        response.headers_mut().insert("retry-after", poem::http::HeaderValue::from(RETRY_AFTER_SECONDS));
+        return poem::Error::from_response(response);
+    }
     tracing::error!("failed to handle request: {error:#}");
     poem::Error::from_response(json_response(
         StatusCode::INTERNAL_SERVER_ERROR,

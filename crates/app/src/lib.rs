@@ -44,6 +44,12 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
     ]
 }
 
+/// Whether `error` (a use case's failure) means the database is unavailable for now (restarting, unreachable, or
+/// no connection free in time) rather than that the request failed: the API answers 503 with `Retry-After`.
+pub fn database_unavailable(error: &anyhow::Error) -> bool {
+    store::is_unavailable(error)
+}
+
 /// Every registered upcaster (none yet: every event type is at its first schema version).
 pub fn upcasters() -> Upcasters {
     Upcasters::new()

@@ -7,7 +7,8 @@
 //! - wake subscribers through `NOTIFY` and let them catch up without ever skipping an event ([`Subscription`]);
 //! - store the content events name by digest with them ([`blob`]);
 //! - verify the SHA-256 hash chain ([`verify`]);
-//! - upcast old payload versions on read ([`Upcasters`]).
+//! - upcast old payload versions on read ([`Upcasters`]);
+//! - tell a database that is unavailable for now from a failed request ([`is_unavailable`]).
 //!
 //! Architecture invariant: appends are serialised by a transaction-scoped advisory lock, so positions are
 //! gapless and position order equals commit order. Every reader relies on this.
@@ -21,6 +22,7 @@ pub mod read;
 mod record;
 pub mod sql;
 mod subscribe;
+mod unavailable;
 mod upcast;
 pub mod verify;
 
@@ -32,6 +34,7 @@ pub use blob::NewBlob;
 pub use canonical::{canonical_bytes, chain_hash, content_hash, link_hash, GENESIS_HASH};
 pub use record::{EventJson, RecordedEvent};
 pub use subscribe::{Subscription, Wakeup};
+pub use unavailable::is_unavailable;
 pub use upcast::Upcasters;
 
 /// The channel every append notifies after commit. The payload is `<last position>` only: a hint, never data.

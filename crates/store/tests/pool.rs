@@ -66,3 +66,24 @@ async fn connections_run_without_jit_unless_the_url_sets_it() {
     let operators = plain.options([("jit", "on"), ("statement_timeout", "5s")]);
     assert_eq!(jit(store::with_session_settings(operators)).await, "on");
 }
+
+#[tokio::test]
+async fn a_query_on_a_connection_the_server_ended_fails_as_unavailable_and_a_failed_query_does_not() {
+    use sqlx::Connection as _;
+    let url = devdb::test_server().await.expect("test server").fresh_database().await.expect("fresh database");
+    let admin = PgPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut conn).await.unwrap();
+
+    let failed = sqlx::query("select 1 / 0").execute(&mut conn).await.unwrap_err();
+    assert!(!store::is_unavailable(&anyhow::Error::from(failed).context("divide")));
+
+    // The server ends the session, as a restart or an administrator would.
+    let terminated: bool =
+        sqlx::query_scalar("select pg_terminate_backend($1)").bind(pid).fetch_one(&admin).await.unwrap();
+    assert!(terminated);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ended = sqlx::query("select 1").execute(&mut conn).await.unwrap_err();
+    let ended = anyhow::Error::from(ended).context("read the task");
+    assert!(store::is_unavailable(&ended), "{ended:#}");
+}

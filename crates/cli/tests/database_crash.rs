@@ -1,8 +1,7 @@
 //! PostgreSQL crashes while clients enqueue and a worker runs tasks, under `jct up` and under `jct serve` beside a
 //! `jct worker`: no enqueue gets a 5xx but a 503 (retry), every one answered 201 is in the log and completes
-//! exactly once, the hash chain
-//! still verifies, the read models and the trace folders catch up, and the processes recover by themselves (no
-//! restart) and still shut down cleanly.
+//! exactly once, the hash chain still verifies, the read models and the trace folders catch up, and the processes
+//! recover by themselves (no restart) and still shut down cleanly.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

@@ -61,6 +61,9 @@ mod tests {
         assert!(is_unavailable(&anyhow::Error::from(reset).context("send the batch").context("append")));
         let in_append = crate::AppendError::Internal(anyhow::Error::from(sqlx::Error::PoolTimedOut).context("lock"));
         assert!(is_unavailable(&anyhow::Error::from(in_append)));
+        // A transparent variant hides its inner error's own head from the chain.
+        let bare = crate::AppendError::Internal(anyhow::Error::from(sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&anyhow::Error::from(bare).context("enqueue")));
 
         assert!(!is_unavailable(&anyhow::Error::from(sqlx::Error::RowNotFound)));
         assert!(!is_unavailable(&anyhow::Error::from(std::io::Error::from(ErrorKind::NotFound))));

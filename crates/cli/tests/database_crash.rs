@@ -173,6 +173,9 @@ async fn a_crash_under(commands: &[&str]) {
         assert_eq!(n("TaskCreated"), 1, "{task_id}: {counts:?}");
         assert_eq!(n("TaskCompleted"), 1, "{task_id}: {counts:?}");
         assert_eq!(n("TaskClaimed"), n("RunStarted"), "one RunStarted per attempt, {task_id}: {counts:?}");
+        // An attempt running through the crash records its end once the database is back (well within its
+        // lease): no task needs a second attempt.
+        assert_eq!(n("TaskClaimed"), 1, "{task_id}: {counts:?}");
     }
 
     // The log is whole, and everything derived from it caught up: the read models inline, the trace folders

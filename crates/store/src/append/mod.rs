@@ -27,6 +27,7 @@ use crate::canonical::{as_jsonb_reads_back, canonical_bytes, chain_hash, Canonic
 use crate::pipeline::{Answer, PipelinedConnection, Step};
 use crate::record::RecordedEvent;
 use crate::sql::{Planning, Statement, GENERIC_PLAN_ON};
+use crate::unavailable::connection_lost;
 
 /// The key of the transaction-scoped advisory lock every append takes. Arbitrary, fixed forever.
 pub const APPEND_LOCK_KEY: i64 = 0x004a_4354_5f4c_4f47; // "JCT_LOG" in ASCII
@@ -846,28 +847,6 @@ async fn append_after_a_failure(pool: &PgPool, commands: Vec<NewCommand>) -> Vec
 
 /// How long a batch whose connection was lost waits before each further attempt.
 const CONNECTION_RETRY_DELAYS_MS: [u64; 4] = [0, 20, 100, 500];
-
-/// Whether `error` says the database connection was lost (or the server is shutting down or starting), rather
-/// than anything about the commands: then the same batch may succeed on another connection, and may have committed
-/// on the lost one. Either driver's errors: sqlx's (the stepwise path) and tokio-postgres's (the pipeline).
-fn connection_lost(error: &anyhow::Error) -> bool {
-    // Class 08: connection exception; class 57: operator intervention (admin shutdown, crash shutdown, cannot
-    // connect now).
-    let lost_code = |code: &str| code.starts_with("08") || code.starts_with("57P");
-    error.chain().any(|cause| {
-        if let Some(error) = cause.downcast_ref::<sqlx::Error>() {
-            return match error {
-                sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => true,
-                sqlx::Error::Database(database) => database.code().is_some_and(|code| lost_code(&code)),
-                _ => false,
-            };
-        }
-        if let Some(error) = cause.downcast_ref::<tokio_postgres::Error>() {
-            return error.is_closed() || error.code().is_some_and(|code| lost_code(code.code()));
-        }
-        cause.downcast_ref::<std::io::Error>().is_some()
-    })
-}
 
 /// A transaction on a connection of the pool.
 type Begun = sqlx::Transaction<'static, sqlx::Postgres>;

@@ -244,13 +244,13 @@ pub async fn run(
         let behind = match behind(&pool, &names).await {
             Ok(behind) => behind,
             Err(error) => {
-                tracing::error!("failed to read the checkpoints: {error:#}");
+                log_failure(None, "failed to read the checkpoints", &error);
                 names.iter().map(|name| (*name).to_owned()).collect()
             }
         };
         for projection in projections.iter().filter(|projection| behind.iter().any(|name| name == projection.name())) {
             if let Err(error) = catch_up(&pool, projection.as_ref(), &upcasters).await {
-                tracing::error!(projection = projection.name(), "failed to catch up: {error:#}");
+                log_failure(Some(projection.name()), "failed to catch up", &error);
             }
         }
         tokio::select! {
@@ -264,6 +264,17 @@ pub async fn run(
                 () = tokio::time::sleep(pause) => {}
             }
         }
+    }
+}
+
+/// Logs a failure of [`run`]'s loop, which retries at its next wake-up: a warning while the database is
+/// unavailable (restarting, say: `store::is_unavailable`), an error otherwise.
+fn log_failure(projection: Option<&str>, what: &str, error: &anyhow::Error) {
+    match (store::is_unavailable(error), projection) {
+        (true, Some(projection)) => tracing::warn!(projection, "{what}: {error:#}"),
+        (true, None) => tracing::warn!("{what}: {error:#}"),
+        (false, Some(projection)) => tracing::error!(projection, "{what}: {error:#}"),
+        (false, None) => tracing::error!("{what}: {error:#}"),
     }
 }
 

@@ -93,3 +93,11 @@ pub async fn status_and_json(response: TestResponse) -> (u16, Value) {
     let json = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).expect("a JSON body") };
     (status, json)
 }
+
+/// A checksum of the whole `tasks` read model, row by row in key order: equal models give equal checksums.
+pub async fn tasks_checksum(pool: &PgPool) -> String {
+    sqlx::query_scalar("select md5(coalesce(string_agg(t::text, '|' order by task_id), '')) from tasks t")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}

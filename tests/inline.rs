@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use store::NewCommand;
 
-use crate::harness::{status_and_json, test_config, valid_task, TestApp};
+use crate::harness::{status_and_json, tasks_checksum, test_config, valid_task, TestApp};
 
 /// The command `POST /tasks/enqueue` appends for a task without CWOM objects.
 fn enqueue_command(task_id: &str) -> NewCommand {
@@ -27,6 +27,10 @@ fn enqueue_command(task_id: &str) -> NewCommand {
 
 async fn checkpoints(pool: &PgPool) -> Vec<(String, i64)> {
     sqlx::query_as("select name, position from projection_checkpoints order by name").fetch_all(pool).await.unwrap()
+}
+
+async fn tasks_checkpoint(pool: &PgPool) -> i64 {
+    checkpoints(pool).await.into_iter().find(|(name, _)| name == "tasks").expect("the tasks checkpoint").1
 }
 
 async fn head(pool: &PgPool) -> i64 {
@@ -136,8 +140,6 @@ async fn a_read_model_that_fails_to_apply_does_not_stop_the_events() {
 #[tokio::test]
 async fn a_read_model_a_little_behind_is_caught_up_by_the_next_append_and_one_far_behind_is_left_to_its_projector() {
     let test = TestApp::spawn().await;
-    let tasks_checkpoint =
-        |pool: PgPool| async move { checkpoints(&pool).await.into_iter().find(|(name, _)| name == "tasks").unwrap().1 };
     // One append while a projector holds the tasks checkpoint: it skips the model, which nobody catches up here.
     let mut projector = test.pool.begin().await.unwrap();
     sqlx::query("select position from projection_checkpoints where name = 'tasks' for update")
@@ -155,20 +157,20 @@ async fn a_read_model_a_little_behind_is_caught_up_by_the_next_append_and_one_fa
     assert_eq!(after.stepwise_batches, before.stepwise_batches + 1, "{after:?}");
     assert_eq!(head(&test.pool).await, appended.last_position(), "the batch committed once");
     projector.rollback().await.unwrap();
-    assert_eq!(tasks_checkpoint(test.pool.clone()).await, 0);
+    assert_eq!(tasks_checkpoint(&test.pool).await, 0);
 
     // The next append folds the positions the model missed, then its own (step by step: only that path catches a
     // model up), and the one after it goes through the pipeline again.
     let next = ulid::Ulid::new().to_string();
     let appended = test.app.store().append(enqueue_command(&next)).await.unwrap();
     assert!(appended.read_models_applied, "every model applied inline again");
-    assert_eq!(tasks_checkpoint(test.pool.clone()).await, appended.last_position());
+    assert_eq!(tasks_checkpoint(&test.pool).await, appended.last_position());
     assert_eq!(test.app.store().stats().stepwise_batches, before.stepwise_batches + 2);
     let third = ulid::Ulid::new().to_string();
     let appended = test.app.store().append(enqueue_command(&third)).await.unwrap();
     assert!(appended.read_models_applied);
     assert_eq!(test.app.store().stats().pipelined_batches, before.pipelined_batches + 1);
-    assert_eq!(tasks_checkpoint(test.pool.clone()).await, appended.last_position());
+    assert_eq!(tasks_checkpoint(&test.pool).await, appended.last_position());
     for task_id in [&skipped, &next, &third] {
         let task = projections::tasks::get_task(&test.pool, task_id).await.unwrap().expect("the task row");
         assert_eq!(task["status"], "queued");
@@ -180,7 +182,7 @@ async fn a_read_model_a_little_behind_is_caught_up_by_the_next_append_and_one_fa
         .execute(&mut *projector)
         .await
         .unwrap();
-    let before = tasks_checkpoint(test.pool.clone()).await;
+    let before = tasks_checkpoint(&test.pool).await;
     let many: Vec<String> = (0..300).map(|_| ulid::Ulid::new().to_string()).collect();
     let appends = many.iter().map(|task_id| test.app.store().append(enqueue_command(task_id)));
     for appended in futures::future::join_all(appends).await {
@@ -189,10 +191,10 @@ async fn a_read_model_a_little_behind_is_caught_up_by_the_next_append_and_one_fa
     projector.rollback().await.unwrap();
     let appended = test.app.store().append(enqueue_command(&ulid::Ulid::new().to_string())).await.unwrap();
     assert!(!appended.read_models_applied);
-    assert_eq!(tasks_checkpoint(test.pool.clone()).await, before);
+    assert_eq!(tasks_checkpoint(&test.pool).await, before);
     let tasks = test.app.projections().iter().find(|projection| projection.name() == "tasks").unwrap().clone();
     projections::runner::catch_up(&test.pool, tasks.as_ref(), test.app.upcasters()).await.unwrap();
-    assert_eq!(tasks_checkpoint(test.pool.clone()).await, appended.last_position());
+    assert_eq!(tasks_checkpoint(&test.pool).await, appended.last_position());
     assert!(projections::tasks::get_task(&test.pool, &many[299]).await.unwrap().is_some());
 }
 
@@ -253,11 +255,9 @@ async fn the_read_models_generic_statements_find_their_rows_by_index_on_a_table_
 #[tokio::test]
 async fn a_projector_killed_mid_batch_resumes_from_its_checkpoint_and_applies_nothing_twice() {
     let test = TestApp::spawn().await;
-    let tasks_checkpoint =
-        |pool: PgPool| async move { checkpoints(&pool).await.into_iter().find(|(n, _)| n == "tasks").unwrap().1 };
     let first = ulid::Ulid::new().to_string();
     test.app.store().append(enqueue_command(&first)).await.unwrap();
-    let applied = tasks_checkpoint(test.pool.clone()).await;
+    let applied = tasks_checkpoint(&test.pool).await;
 
     // The tasks model falls behind (its projector holds the checkpoint row, so appends leave the model to it) by
     // forty new tasks and then the cancel of the first one.
@@ -278,7 +278,7 @@ async fn a_projector_killed_mid_batch_resumes_from_its_checkpoint_and_applies_no
         .unwrap()
         .expect("a queued task can be cancelled");
     busy.rollback().await.unwrap();
-    assert_eq!(tasks_checkpoint(test.pool.clone()).await, applied, "the tasks model is behind");
+    assert_eq!(tasks_checkpoint(&test.pool).await, applied, "the tasks model is behind");
 
     // Its projector applies the batch: it inserts the forty rows, then waits for the first task's row, which this
     // test holds. Mid-batch, its backend is killed, as when its process dies.
@@ -312,26 +312,20 @@ async fn a_projector_killed_mid_batch_resumes_from_its_checkpoint_and_applies_no
     holder.rollback().await.unwrap();
 
     // Nothing of the killed batch is visible, rows or checkpoint.
-    assert_eq!(tasks_checkpoint(test.pool.clone()).await, applied);
+    assert_eq!(tasks_checkpoint(&test.pool).await, applied);
     let rows: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&test.pool).await.unwrap();
     assert_eq!(rows, 1);
 
     // The projector starts again from its checkpoint: every event applied once, as a rebuild from the log has it.
     projections::runner::catch_up(&test.pool, &projections::tasks::TasksProjection, &app::upcasters()).await.unwrap();
-    assert_eq!(tasks_checkpoint(test.pool.clone()).await, head(&test.pool).await);
+    assert_eq!(tasks_checkpoint(&test.pool).await, head(&test.pool).await);
     let first_task: Value = projections::tasks::get_task(&test.pool, &first).await.unwrap().expect("the first task");
     assert_eq!(first_task["status"], "cancelled");
-    let checksum = |pool: PgPool| async move {
-        sqlx::query_scalar::<_, String>("select md5(string_agg(t::text, '|' order by task_id)) from tasks t")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
-    let resumed = checksum(test.pool.clone()).await;
+    let resumed = tasks_checksum(&test.pool).await;
     projections::rebuild::rebuild(&test.pool, &projections::tasks::TasksProjection, &app::upcasters(), &|_| {})
         .await
         .unwrap();
-    assert_eq!(checksum(test.pool.clone()).await, resumed);
+    assert_eq!(tasks_checksum(&test.pool).await, resumed);
     let rows: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&test.pool).await.unwrap();
     assert_eq!(rows, 41);
 }

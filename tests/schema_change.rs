@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use projections::tasks::TasksProjection;
 use projections::Projection;
 use serde_json::json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use store::RecordedEvent;
 
-use crate::harness::{status_and_json, test_config, valid_task, TestApp};
+use crate::harness::{status_and_json, tasks_checksum, test_config, valid_task, TestApp};
 
 /// Version 2 of `tasks`: adds `n_events`, the number of the task's own events folded into its row.
 struct TasksWithEventCount;
@@ -45,13 +45,6 @@ impl Projection for TasksWithEventCount {
         }
         Ok(())
     }
-}
-
-async fn tasks_checksum(pool: &PgPool) -> String {
-    sqlx::query_scalar("select md5(coalesce(string_agg(t::text, '|' order by task_id), '')) from tasks t")
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{status_and_json, test_config, valid_task, TestApp};
+use crate::harness::{status_and_json, tasks_checksum, test_config, valid_task, TestApp};
 
 /// `body` with the field at `pointer` set (created when the parent object exists).
 fn with(mut body: Value, pointer: &str, value: Value) -> Value {
@@ -406,21 +406,13 @@ async fn the_tasks_read_model_rebuilt_from_the_log_equals_the_live_one() {
     for objective in ["First task to do", "Second task to do", "Third task to do"] {
         test.enqueue(&with(valid_task(), "/objective", json!(objective))).await;
     }
-    let checksum = |pool: sqlx::PgPool| async move {
-        sqlx::query_scalar::<_, String>(
-            "select md5(coalesce(string_agg(t::text, '|' order by task_id), '')) from tasks t",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-    };
-    let before = checksum(test.pool.clone()).await;
+    let before = tasks_checksum(&test.pool).await;
     let rebuilt =
         projections::rebuild::rebuild(&test.pool, &projections::tasks::TasksProjection, &app::upcasters(), &|_| {})
             .await
             .unwrap();
     assert_eq!(rebuilt.applied, 22, "three tasks of eight events, one Repo");
-    assert_eq!(checksum(test.pool.clone()).await, before);
+    assert_eq!(tasks_checksum(&test.pool).await, before);
     let (status, list) = status_and_json(test.client.get("/tasks").send().await).await;
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 3);

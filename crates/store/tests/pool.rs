@@ -82,7 +82,17 @@ async fn a_query_on_a_connection_the_server_ended_fails_as_unavailable_and_a_fai
     let terminated: bool =
         sqlx::query_scalar("select pg_terminate_backend($1)").bind(pid).fetch_one(&admin).await.unwrap();
     assert!(terminated);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Gone from the server before the next query, which then cannot slip in first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sqlx::query_scalar::<_, bool>("select exists (select 1 from pg_stat_activity where pid = $1)")
+        .bind(pid)
+        .fetch_one(&admin)
+        .await
+        .unwrap()
+    {
+        assert!(std::time::Instant::now() < deadline, "the ended backend did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let ended = sqlx::query("select 1").execute(&mut conn).await.unwrap_err();
     let ended = anyhow::Error::from(ended).context("read the task");
     assert!(store::is_unavailable(&ended), "{ended:#}");

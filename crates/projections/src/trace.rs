@@ -23,13 +23,15 @@
 //! file in the same directory, then `rename`).
 //!
 //! **What a folder is rendered from**: a folder needs its task's whole stream, but a batch brings only its
-//! newest events. The projection keeps the task streams it has seen begin (up to [`CACHED_STREAMS`] at once) as
-//! its batches bring them, and renders from those; a stream it did not see begin, or whose events it did not all
-//! see in order (another process applied some, a batch was applied again, the cache was full), is read back from
-//! the log. A stream leaves the cache once its folder is rendered (most tasks end within one attempt) or its task
-//! turns out never to have run (cancelled while queued); a later event reads it back. Both
-//! sources give the same events, upcast alike, so the folder's bytes do not depend on which was used (a test
-//! renders one log both ways).
+//! newest events. The projection keeps, for up to [`CACHED_STREAMS`] tasks at once, the stretch of each task's
+//! stream its batches brought without a gap: the whole stream when it saw the task enqueued, the events from the
+//! claim on when the task was enqueued before the projection started (a backlog, a restart). It renders from that
+//! stretch and reads back from the log only what came before it, or the whole stream when it holds none (another
+//! process applied some of its events, a batch was applied again, the cache was full). A stretch leaves the cache
+//! once its folder is rendered (most tasks end within one attempt) or its task turns out never to have run
+//! (cancelled while queued); a later event reads it back. Both sources give the same events, upcast alike, so the
+//! folder's bytes do not depend on which was used (a test renders one log from the whole streams, from stretches
+//! that begin at the claims, and from the log alone).
 //!
 //! **Blobs**: the events name each handler log and artifact by digest (`log_digest`, `digest`). Content up to
 //! [`store::blob::MAX_INLINE_BLOB_BYTES`] is stored in the database with the events that name it (`blobs`,
@@ -319,26 +321,43 @@ impl Projection for TraceProjection {
         // `renders_now`): its stream is not even read.
         let last: Vec<&RecordedEvent> =
             last.into_iter().rev().filter(|event| may_render(event) && !claimed_just_now(event)).collect();
-        // Streams the cache holds whole (taken out: rendered now, or never, as below); the others in one round trip.
+        // Streams the cache holds (taken out: rendered now, or never, as below); the rest of each, or the whole of
+        // those it does not hold, in one round trip.
         let mut by_stream: HashMap<String, Vec<RecordedEvent>> = HashMap::new();
-        let mut to_read: Vec<StreamId> = Vec::new();
+        let mut to_read: Vec<(StreamId, i32)> = Vec::new();
         {
             let mut cache = self.streams.lock().expect("not poisoned");
             for event in events.iter().filter(|event| event.stream.kind == EntityKind::Task) {
                 cache.observe(event);
             }
             for event in &last {
-                match cache.take(&event.stream.id) {
-                    Some(stream) => {
-                        by_stream.insert(event.stream.id.clone(), stream);
-                    }
-                    None => to_read.push(event.stream.clone()),
+                let held = cache.take(&event.stream.id).unwrap_or_default();
+                let first = held.first().map_or(i32::MAX, |first| first.stream_version);
+                if first > 1 {
+                    to_read.push((event.stream.clone(), first));
                 }
+                by_stream.insert(event.stream.id.clone(), held);
             }
         }
-        for event in store::read::read_streams(&mut *conn, &to_read).await? {
+        let mut read: HashMap<String, Vec<RecordedEvent>> = HashMap::new();
+        for event in store::read::read_stream_prefixes(&mut *conn, &to_read).await? {
             let event = self.upcasters.upcast(event);
-            by_stream.entry(event.stream.id.clone()).or_default().push(event);
+            read.entry(event.stream.id.clone()).or_default().push(event);
+        }
+        for (task_id, mut stream) in read {
+            let held = by_stream.entry(task_id).or_default();
+            // The log's versions are gapless: what was read ends right before what the cache held.
+            if let (Some(read_last), Some(held_first)) = (stream.last(), held.first()) {
+                anyhow::ensure!(
+                    read_last.stream_version + 1 == held_first.stream_version,
+                    "task {}: read up to version {} for a cached stretch from version {}",
+                    read_last.stream.id,
+                    read_last.stream_version,
+                    held_first.stream_version
+                );
+            }
+            stream.append(held);
+            *held = stream;
         }
         // A stream that does not render now is dropped: a young claim never got here, so it is a task that never
         // ran (cancelled while queued), or one whose later event in the log will render it.
@@ -530,7 +549,10 @@ fn claimed_just_now(event: &RecordedEvent) -> bool {
 /// with their images, some KiB decoded; a running one's also its claim and the handler's input): tens of MiB.
 pub const CACHED_STREAMS: usize = 2_048;
 
-/// Task streams seen whole, from their first event, in the order the batches brought them.
+/// Stretches of task streams seen in the order the batches brought them: each from the first event of its stream
+/// the projection saw (its first event, when the projection saw the task enqueued; its claim, when the task was
+/// enqueued before the projection started, say) up to the last, without a gap. What comes before a stretch is read
+/// back from the log when the folder is rendered.
 struct StreamCache {
     streams: HashMap<String, Vec<RecordedEvent>>,
     capacity: usize,
@@ -541,27 +563,27 @@ impl StreamCache {
         StreamCache { streams: HashMap::new(), capacity }
     }
 
-    /// Takes in the next event of a task stream: a first event begins a stream (while there is room), the next
-    /// one of a stream held extends it, and anything else (a gap or a repeat) drops the stream, which is then
-    /// read back from the log when needed.
+    /// Takes in the next event of a task stream: the next one of a stretch held extends it; anything else held
+    /// (a gap or a repeat) drops the stretch; an event of a stream not held begins a stretch (while there is room).
     fn observe(&mut self, event: &RecordedEvent) {
         let id = &event.stream.id;
-        if event.stream_version == 1 {
-            if self.streams.len() < self.capacity {
+        let room = self.streams.len() < self.capacity;
+        match self.streams.get_mut(id) {
+            Some(stream) => {
+                if stream.last().is_some_and(|last| last.stream_version + 1 == event.stream_version) {
+                    stream.push(event.clone());
+                } else {
+                    self.streams.remove(id);
+                }
+            }
+            None if room => {
                 self.streams.insert(id.clone(), vec![event.clone()]);
             }
-            return;
-        }
-        if let Some(stream) = self.streams.get_mut(id) {
-            if stream.last().is_some_and(|last| last.stream_version + 1 == event.stream_version) {
-                stream.push(event.clone());
-            } else {
-                self.streams.remove(id);
-            }
+            None => {}
         }
     }
 
-    /// The stream of `task_id`, taken out of the cache.
+    /// The stretch of `task_id` held, taken out of the cache.
     fn take(&mut self, task_id: &str) -> Option<Vec<RecordedEvent>> {
         self.streams.remove(task_id)
     }
@@ -1060,14 +1082,16 @@ mod tests {
     }
 
     #[test]
-    fn the_stream_cache_holds_streams_seen_whole_and_drops_one_at_a_gap_or_a_repeat() {
+    fn the_stream_cache_holds_stretches_without_a_gap_and_drops_one_at_a_gap_or_a_repeat() {
         let now = chrono::Utc::now();
+        let versions = |stream: Option<Vec<RecordedEvent>>| {
+            stream.map(|stream| stream.iter().map(|event| event.stream_version).collect::<Vec<_>>())
+        };
         let mut cache = StreamCache::with_capacity(1);
         let first = task_event(1, events::TASK_CREATED, now);
         let second = task_event(2, events::TASK_ENQUEUED, now);
         let third = task_event(3, events::TASK_CLAIMED, now);
-        cache.observe(&second);
-        assert!(cache.take(&second.stream.id).is_none(), "not seen from its first event");
+        let fourth = task_event(4, events::RUN_STARTED, now);
         cache.observe(&first);
         cache.observe(&second);
         let mut other = task_event(1, events::TASK_CREATED, now);
@@ -1075,17 +1099,23 @@ mod tests {
         cache.observe(&other);
         assert!(cache.take(&other.stream.id).is_none(), "no room for a second stream");
         cache.observe(&third);
-        let taken = cache.take(&first.stream.id).expect("seen whole");
-        assert_eq!(taken.iter().map(|event| event.stream_version).collect::<Vec<_>>(), [1, 2, 3], "in order");
+        assert_eq!(versions(cache.take(&first.stream.id)), Some(vec![1, 2, 3]), "seen whole, in order");
         assert!(cache.take(&first.stream.id).is_none(), "taken out");
+
+        // A stream first seen after its start: the stretch from there (the rest is read back from the log).
+        cache.observe(&third);
+        cache.observe(&fourth);
+        assert_eq!(versions(cache.take(&first.stream.id)), Some(vec![3, 4]), "from its claim");
 
         cache.observe(&first);
         cache.observe(&third);
-        assert!(cache.take(&first.stream.id).is_none(), "a gap drops the stream");
+        assert!(cache.take(&first.stream.id).is_none(), "a gap drops the stretch");
         cache.observe(&first);
         cache.observe(&second);
         cache.observe(&second);
-        assert!(cache.take(&first.stream.id).is_none(), "a repeat drops the stream");
+        assert!(cache.take(&first.stream.id).is_none(), "a repeat drops the stretch");
+        cache.observe(&third);
+        assert_eq!(versions(cache.take(&first.stream.id)), Some(vec![3]), "the next event begins another");
         let mut none = StreamCache::with_capacity(0);
         none.observe(&first);
         assert!(none.take(&first.stream.id).is_none(), "a cache of no streams holds none");

@@ -178,17 +178,35 @@ pub async fn read_streams<'c>(
     executor: impl PgExecutor<'c>,
     streams: &[StreamId],
 ) -> anyhow::Result<Vec<RecordedEvent>> {
+    let whole: Vec<(StreamId, i32)> = streams.iter().map(|stream| (stream.clone(), i32::MAX)).collect();
+    read_stream_prefixes(executor, &whole).await
+}
+
+/// The events of several streams before a version each (`(stream, version)`: its events up to `version - 1`), in one
+/// round trip and in position order; group them by `event.stream`. A stream named twice is read once, up to the
+/// larger of its versions. For a reader that holds a stream's later events already.
+pub async fn read_stream_prefixes<'c>(
+    executor: impl PgExecutor<'c>,
+    streams: &[(StreamId, i32)],
+) -> anyhow::Result<Vec<RecordedEvent>> {
     if streams.is_empty() {
         return Ok(Vec::new());
     }
-    let kinds: Vec<&str> = streams.iter().map(|stream| stream.kind.as_str()).collect();
-    let ids: Vec<&str> = streams.iter().map(|stream| stream.id.as_str()).collect();
-    let rows =
-        sqlx::query(&read_streams_sql()).bind(&kinds).bind(&ids).fetch_all(executor).await.context("read streams")?;
+    let kinds: Vec<&str> = streams.iter().map(|(stream, _)| stream.kind.as_str()).collect();
+    let ids: Vec<&str> = streams.iter().map(|(stream, _)| stream.id.as_str()).collect();
+    let before: Vec<i32> = streams.iter().map(|(_, version)| *version).collect();
+    let rows = sqlx::query(&read_streams_sql())
+        .bind(&kinds)
+        .bind(&ids)
+        .bind(&before)
+        .fetch_all(executor)
+        .await
+        .context("read streams")?;
     rows.iter().map(|row| RecordedEvent::from_row(row).context("decode event")).collect()
 }
 
-/// [`read_streams`]' statement: `$1` the streams' kinds, `$2` their ids.
+/// [`read_stream_prefixes`]' statement: `$1` the streams' kinds, `$2` their ids, `$3` the version each is read up to
+/// (not included).
 ///
 /// Each stream is looked up on its own in the stream index: a lateral subquery behind `offset 0`, which PostgreSQL
 /// plans on its own with the stream as a parameter, so the only plans it can choose read that index once per
@@ -200,9 +218,12 @@ pub async fn read_streams<'c>(
 /// log, kept until the log is analysed.
 pub fn read_streams_sql() -> String {
     format!(
-        "select e.* from (select distinct kind, id from unnest($1::text[], $2::text[]) as u(kind, id)) as s \
+        "select e.* from (select kind, id, max(before) as before \
+                            from unnest($1::text[], $2::text[], $3::int4[]) as u(kind, id, before) \
+                           group by kind, id) as s \
            cross join lateral (select {COLUMNS} from audit_log a \
-                                where a.entity_kind = s.kind and a.entity_id = s.id offset 0) as e \
+                                where a.entity_kind = s.kind and a.entity_id = s.id and a.stream_version < s.before \
+                               offset 0) as e \
           order by e.position"
     )
 }

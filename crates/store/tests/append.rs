@@ -55,6 +55,19 @@ async fn reading_several_streams_returns_each_named_stream_once_in_log_order() {
     assert_eq!(read.len(), 5);
     assert!(read.windows(2).all(|pair| pair[0].position < pair[1].position));
     assert!(read::read_streams(&pool, &[]).await.unwrap().is_empty());
+
+    // Prefixes: each stream up to the version named (not included), the larger one for a stream named twice.
+    let prefixes =
+        read::read_stream_prefixes(&pool, &[(streams[0].clone(), 2), (streams[1].clone(), 2), (streams[0].clone(), 3)])
+            .await
+            .unwrap();
+    let expected: Vec<_> = expected
+        .iter()
+        .filter(|event| event.stream_version < if event.stream == streams[0] { 3 } else { 2 })
+        .cloned()
+        .collect();
+    assert_eq!(prefixes, expected);
+    assert_eq!(prefixes.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

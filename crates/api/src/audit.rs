@@ -128,13 +128,20 @@ pub struct EntityHistory {
 
 #[derive(ApiResponse)]
 pub enum EventsResponse {
+    /// A page of the events that match, and the cursor of the next.
     #[oai(status = 200)]
     Ok(Json<AuditEventPage>),
+    /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
     /// An invalid filter or cursor.
     #[oai(status = 422)]
     Unprocessable(Json<UnprocessableEntity>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 #[derive(ApiResponse)]
@@ -142,30 +149,50 @@ pub enum VerifyResponse {
     /// The report; `ok` is false when the chain does not verify.
     #[oai(status = 200)]
     Ok(Json<VerifyResult>),
+    /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 #[derive(ApiResponse)]
 pub enum TraceResponse {
+    /// The trace's events, the objects they touched and the trace folders of its tasks.
     #[oai(status = 200)]
     Ok(Json<Doc<TraceTimeline>>),
+    /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
     /// No event carries this trace id.
     #[oai(status = 404)]
     NotFound(Json<ErrorDetail>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 #[derive(ApiResponse)]
 pub enum HistoryResponse {
+    /// The entity's events, in log order.
     #[oai(status = 200)]
     Ok(Json<EntityHistory>),
+    /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
     /// No such entity (also for an id that is not a ULID).
     #[oai(status = 404)]
     NotFound(Json<ErrorDetail>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 /// Audit and forensics routes.

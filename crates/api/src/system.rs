@@ -38,6 +38,11 @@ pub enum MetricsResponse {
     /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 /// System routes.

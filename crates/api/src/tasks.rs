@@ -227,12 +227,19 @@ pub enum EnqueueResponse {
     /// The body does not match TaskSpec v1, or the policy gate rejected it.
     #[oai(status = 422)]
     Unprocessable(Json<UnprocessableEntity>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 #[derive(ApiResponse)]
 pub enum GetTaskResponse {
+    /// The task (as it was at `as_of`, when given).
     #[oai(status = 200)]
     Ok(JsonText<TaskDocument>),
+    /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
     /// No such task (also for an id that is not a ULID).
@@ -241,6 +248,11 @@ pub enum GetTaskResponse {
     /// An invalid `as_of`.
     #[oai(status = 422)]
     Unprocessable(Json<UnprocessableEntity>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 #[derive(ApiResponse)]
@@ -248,11 +260,17 @@ pub enum ListTasksResponse {
     /// Tasks, newest first.
     #[oai(status = 200)]
     Ok(Json<Vec<Doc<TaskDocument>>>),
+    /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
     /// An invalid query parameter.
     #[oai(status = 422)]
     Unprocessable(Json<UnprocessableEntity>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 #[derive(ApiResponse)]
@@ -260,6 +278,7 @@ pub enum CancelTaskResponse {
     /// The task is cancelled; a running attempt's handler is stopped by its worker within about a second.
     #[oai(status = 200)]
     Ok(Json<Doc<TaskDocument>>),
+    /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
     /// No such task (also for an id that is not a ULID).
@@ -271,6 +290,11 @@ pub enum CancelTaskResponse {
     /// An invalid `X-Trace-Id` header (1..128 printable characters).
     #[oai(status = 422)]
     Unprocessable(Json<UnprocessableEntity>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 /// Whether `text` is a ULID (26 Crockford base32 characters). Anything else is a 404 that never reaches storage.

@@ -132,39 +132,73 @@ const CONSTRAINT_SNAPSHOT_IMMUTABLE: &str =
 // Responses.
 
 /// The description of every 401.
-macro_rules! unauthorized_doc {
-    () => {
-        "A key is configured and the request did not carry it."
-    };
-}
-
 macro_rules! get_response {
-    ($name:ident, $ty:ty, $what:literal) => {
+    ($name:ident, $ty:ty, $ok:literal, $not_found:literal) => {
         #[derive(ApiResponse)]
         pub enum $name {
-            #[doc = concat!("The ", $what, ".")]
+            #[doc = $ok]
             #[oai(status = 200)]
             Ok(Json<Doc<$ty>>),
-            #[doc = unauthorized_doc!()]
+            /// A key is configured and the request did not carry it.
             #[oai(status = 401)]
             Unauthorized(Json<ErrorDetail>),
-            #[doc = concat!("No such ", $what, " (also for an id that is not a ULID): `{\"detail\": \"", stringify!($ty), " not found\"}`.")]
+            #[doc = $not_found]
             #[oai(status = 404)]
             NotFound(Json<ErrorDetail>),
             /// An invalid `as_of`.
             #[oai(status = 422)]
             Unprocessable(Json<UnprocessableEntity>),
+            /// The database is unavailable for now (restarting, unreachable, or no connection free in time):
+            /// `{"detail": "The database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command
+            /// answered 503 may still have been recorded: an enqueue sent again with its `idempotency_key` is safe.
+            #[oai(status = 503)]
+            Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
         }
     };
 }
 
-get_response!(GetRepoResponse, Repo, "Repo");
-get_response!(GetIssueResponse, Issue, "Issue");
-get_response!(GetContextPacketResponse, ContextPacket, "ContextPacket");
-get_response!(GetConstraintSnapshotResponse, ConstraintSnapshot, "ConstraintSnapshot");
-get_response!(GetDoctrineRefResponse, DoctrineRef, "DoctrineRef");
-get_response!(GetRunResponse, Run, "Run");
-get_response!(GetArtifactResponse, Artifact, "Artifact");
+get_response!(
+    GetRepoResponse,
+    Repo,
+    "The Repo.",
+    "No such Repo (also for an id that is not a ULID): `{\"detail\": \"Repo not found\"}`."
+);
+get_response!(
+    GetIssueResponse,
+    Issue,
+    "The Issue.",
+    "No such Issue (also for an id that is not a ULID): `{\"detail\": \"Issue not found\"}`."
+);
+get_response!(
+    GetContextPacketResponse,
+    ContextPacket,
+    "The ContextPacket.",
+    "No such ContextPacket (also for an id that is not a ULID): `{\"detail\": \"ContextPacket not found\"}`."
+);
+get_response!(
+    GetConstraintSnapshotResponse,
+    ConstraintSnapshot,
+    "The ConstraintSnapshot.",
+    "No such ConstraintSnapshot (also for an id that is not a ULID): `{\"detail\": \"ConstraintSnapshot not found\"}`."
+);
+get_response!(
+    GetDoctrineRefResponse,
+    DoctrineRef,
+    "The DoctrineRef.",
+    "No such DoctrineRef (also for an id that is not a ULID): `{\"detail\": \"DoctrineRef not found\"}`."
+);
+get_response!(
+    GetRunResponse,
+    Run,
+    "The Run.",
+    "No such Run (also for an id that is not a ULID): `{\"detail\": \"Run not found\"}`."
+);
+get_response!(
+    GetArtifactResponse,
+    Artifact,
+    "The Artifact.",
+    "No such Artifact (also for an id that is not a ULID): `{\"detail\": \"Artifact not found\"}`."
+);
 
 macro_rules! list_response {
     ($name:ident, $ty:ty, $what:literal) => {
@@ -173,12 +207,17 @@ macro_rules! list_response {
             #[doc = $what]
             #[oai(status = 200)]
             Ok(Json<Vec<Doc<$ty>>>),
-            #[doc = unauthorized_doc!()]
+            /// A key is configured and the request did not carry it.
             #[oai(status = 401)]
             Unauthorized(Json<ErrorDetail>),
             /// An invalid query parameter (`limit` outside 1..1000, a negative `offset`, an unknown enum value).
             #[oai(status = 422)]
             Unprocessable(Json<HttpValidationError>),
+            /// The database is unavailable for now (restarting, unreachable, or no connection free in time):
+            /// `{"detail": "The database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command
+            /// answered 503 may still have been recorded: an enqueue sent again with its `idempotency_key` is safe.
+            #[oai(status = 503)]
+            Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
         }
     };
 }
@@ -201,7 +240,7 @@ pub enum CreateRepoResponse {
     /// The Repo was created.
     #[oai(status = 201)]
     Created(Json<RepoResult>),
-    #[doc = unauthorized_doc!()]
+    /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
     /// Another Repo has this slug: `{"detail": "Repo with slug '<slug>' already exists"}`.
@@ -213,17 +252,22 @@ pub enum CreateRepoResponse {
     /// The body does not match the schema (unknown fields included).
     #[oai(status = 422)]
     Unprocessable(Json<CwomUnprocessable>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 /// Create an object that references others.
 macro_rules! create_response {
-    ($name:ident, $result:ty, $what:literal, $refs:literal) => {
+    ($name:ident, $result:ty, $created:literal, $refs:literal) => {
         #[derive(ApiResponse)]
         pub enum $name {
-            #[doc = concat!("The ", $what, " was created.")]
+            #[doc = $created]
             #[oai(status = 201)]
             Created(Json<$result>),
-            #[doc = unauthorized_doc!()]
+            /// A key is configured and the request did not carry it.
             #[oai(status = 401)]
             Unauthorized(Json<ErrorDetail>),
             /// The body is larger than the limit (default 1 MiB).
@@ -232,6 +276,11 @@ macro_rules! create_response {
             #[doc = $refs]
             #[oai(status = 422)]
             Unprocessable(Json<CwomUnprocessable>),
+            /// The database is unavailable for now (restarting, unreachable, or no connection free in time):
+            /// `{"detail": "The database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command
+            /// answered 503 may still have been recorded: an enqueue sent again with its `idempotency_key` is safe.
+            #[oai(status = 503)]
+            Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
         }
     };
 }
@@ -239,27 +288,27 @@ macro_rules! create_response {
 create_response!(
     CreateIssueResponse,
     IssueResult,
-    "Issue",
+    "The Issue was created.",
     "The body does not match the schema (unknown fields included), or its Repo does not exist: \
      `{\"detail\": \"Referenced Repo '<id>' does not exist\"}`."
 );
 create_response!(
     CreateContextPacketResponse,
     ContextPacketResult,
-    "ContextPacket",
+    "The ContextPacket was created.",
     "The body does not match the schema (unknown fields included), or its Issue does not exist: \
      `{\"detail\": \"Referenced Issue '<id>' does not exist\"}`."
 );
 create_response!(
     CreateConstraintSnapshotResponse,
     ConstraintSnapshotResult,
-    "ConstraintSnapshot",
+    "The ConstraintSnapshot was created.",
     "The body does not match the schema (unknown fields included)."
 );
 create_response!(
     CreateRunResponse,
     RunResult,
-    "Run",
+    "The Run was created.",
     "The body does not match the schema (unknown fields included), or its Issue (checked first) or its \
      Repo does not exist: `{\"detail\": \"Referenced Issue '<id>' does not \
      exist\"}`."
@@ -267,7 +316,7 @@ create_response!(
 create_response!(
     CreateArtifactResponse,
     ArtifactResult,
-    "Artifact",
+    "The Artifact was created.",
     "The body does not match the schema (unknown fields included), or its Run (checked first) or its \
      Issue does not exist: `{\"detail\": \"Referenced Run '<id>' does not \
      exist\"}`."
@@ -279,7 +328,7 @@ pub enum CreateDoctrineRefResponse {
     /// The DoctrineRef was created.
     #[oai(status = 201)]
     Created(Json<DoctrineRefResult>),
-    #[doc = unauthorized_doc!()]
+    /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
     /// Another DoctrineRef has this namespace, name and version:
@@ -292,6 +341,11 @@ pub enum CreateDoctrineRefResponse {
     /// The body does not match the schema (unknown fields included).
     #[oai(status = 422)]
     Unprocessable(Json<CwomUnprocessable>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 #[derive(ApiResponse)]
@@ -299,7 +353,7 @@ pub enum UpdateIssueStatusResponse {
     /// The status was changed (and audited as `status_changed`).
     #[oai(status = 200)]
     Ok(Json<IssueResult>),
-    #[doc = unauthorized_doc!()]
+    /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
     /// No such Issue: `{"detail": "Issue not found"}`.
@@ -308,6 +362,11 @@ pub enum UpdateIssueStatusResponse {
     /// `status` is missing or not a status.
     #[oai(status = 422)]
     Unprocessable(Json<HttpValidationError>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 #[derive(ApiResponse)]
@@ -315,7 +374,7 @@ pub enum UpdateRunResponse {
     /// The Run was changed (audited as `status_changed` when its status changed, else `updated`).
     #[oai(status = 200)]
     Ok(Json<RunResult>),
-    #[doc = unauthorized_doc!()]
+    /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
     /// No such Run: `{"detail": "Run not found"}`.
@@ -327,6 +386,11 @@ pub enum UpdateRunResponse {
     /// The body does not match the schema (unknown fields included).
     #[oai(status = 422)]
     Unprocessable(Json<CwomUnprocessable>),
+    /// The database is unavailable for now (restarting, unreachable, or no connection free in time): `{"detail": "The
+    /// database is unavailable; retry shortly"}`, with `Retry-After` in seconds. A command answered 503 may still have
+    /// been recorded: an enqueue sent again with its `idempotency_key` is safe.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorDetail>, #[oai(header = "Retry-After")] u32),
 }
 
 #[derive(ApiResponse)]
@@ -334,7 +398,7 @@ pub enum ImmutableResponse {
     /// Always: the object is immutable (whether or not it exists).
     #[oai(status = 405)]
     MethodNotAllowed(Json<ImmutabilityViolationError>),
-    #[doc = unauthorized_doc!()]
+    /// A key is configured and the request did not carry it.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorDetail>),
 }

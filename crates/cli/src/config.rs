@@ -22,6 +22,14 @@ pub struct DatabaseArgs {
     #[arg(long = "db-pool-size", env = "JCT_DB_POOL_SIZE", value_name = "JCT_DB_POOL_SIZE", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub pool_size: u32,
+
+    /// Seconds a request (or any other work) waits for a pooled connection before it gives up; an HTTP request then
+    /// gets 503 with `Retry-After`. While the server is away, sqlx tries to connect again at doubling intervals of
+    /// up to a fifth of this, so a shorter wait also brings requests back sooner after an outage.
+    #[arg(long = "db-acquire-timeout", env = "JCT_DB_ACQUIRE_TIMEOUT_SECONDS",
+          value_name = "JCT_DB_ACQUIRE_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub acquire_timeout_seconds: u64,
 }
 
 /// How the HTTP API serves.

@@ -42,7 +42,7 @@ impl Database {
         let options = store::with_session_settings(url.parse::<PgConnectOptions>().context("parse DATABASE_URL")?);
         let pool = store::pool_options()
             .max_connections(args.pool_size)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(Duration::from_secs(args.acquire_timeout_seconds))
             .connect_with(options)
             .await
             .context("connect to PostgreSQL (DATABASE_URL)")?;

@@ -1,7 +1,8 @@
 //! PostgreSQL crashes while clients enqueue and a worker runs tasks, under `jct up` and under `jct serve` beside a
 //! `jct worker`: no enqueue gets a 5xx but a 503 (retry), every one answered 201 is in the log and completes
 //! exactly once, the hash chain still verifies, the read models and the trace folders catch up, and the processes
-//! recover by themselves (no restart) and still shut down cleanly.
+//! recover by themselves (no restart) and still shut down cleanly. And a request that finds no free connection
+//! gets its 503 once the configured acquire timeout is over.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -26,12 +27,13 @@ impl Drop for Process {
     }
 }
 
-/// `jct <command>` on `url`, with its files under `dir` (trace folders in `dir/traces`); its log goes to
-/// `dir/<command>.log`.
-fn spawn(command: &str, url: &str, bind: &str, dir: &Path) -> Process {
+/// `jct <command>` on `url`, with its files under `dir` (trace folders in `dir/traces`) and `env` besides the
+/// test's settings; its log goes to `dir/<command>.log`.
+fn spawn(command: &str, url: &str, bind: &str, dir: &Path, env: &[(&str, &str)]) -> Process {
     let log = std::fs::File::create(dir.join(format!("{command}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_jct"))
         .arg(command)
+        .envs(env.iter().copied())
         .env("DATABASE_URL", url)
         .env("JCT_BIND", bind)
         .env("JCT_DATA_DIR", dir)
@@ -95,6 +97,36 @@ fn assert_running(processes: &mut [(&str, Process)], dir: &Path) {
     }
 }
 
+/// Waits until the API answers `/health`, while every process of `processes` runs.
+async fn wait_for_health(base: &str, processes: &mut [(&str, Process)], dir: &Path) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert_running(processes, dir);
+        assert!(Instant::now() < deadline, "the API did not answer /health");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends SIGINT to every process of `processes` and checks that each exits successfully within a minute.
+async fn interrupt_and_wait(processes: &mut [(&str, Process)], dir: &Path) {
+    for (_, process) in processes.iter() {
+        let _ = Command::new("kill").args(["-INT", &process.0.id().to_string()]).status();
+    }
+    for (command, process) in processes {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = process.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "jct {command} did not stop after SIGINT");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let log = dir.join(format!("{command}.log"));
+        assert!(status.success(), "jct {command} exited with {status}; see {}", log.display());
+    }
+}
+
 /// Crashes PostgreSQL under `commands` (`up`, or `serve` and `worker`) while clients enqueue, then checks what
 /// the module doc says.
 async fn a_crash_under(commands: &[&str]) {
@@ -108,14 +140,8 @@ async fn a_crash_under(commands: &[&str]) {
     let bind = format!("127.0.0.1:{}", free_port());
     let base = format!("http://{bind}");
     let mut processes: Vec<(&str, Process)> =
-        commands.iter().map(|command| (*command, spawn(command, &url, &bind, &dir))).collect();
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
-        assert_running(&mut processes, &dir);
-        assert!(Instant::now() < deadline, "the API did not answer /health");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        commands.iter().map(|command| (*command, spawn(command, &url, &bind, &dir, &[]))).collect();
+    wait_for_health(&base, &mut processes, &dir).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS).map(|n| tokio::spawn(client(base.clone(), n, stop.clone()))).collect();
@@ -203,21 +229,7 @@ async fn a_crash_under(commands: &[&str]) {
     }
 
     // They still shut down as asked.
-    for (_, process) in &processes {
-        let _ = Command::new("kill").args(["-INT", &process.0.id().to_string()]).status();
-    }
-    for (command, process) in &mut processes {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = process.0.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "jct {command} did not stop after SIGINT");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let log = dir.join(format!("{command}.log"));
-        assert!(status.success(), "jct {command} exited with {status}; see {}", log.display());
-    }
+    interrupt_and_wait(&mut processes, &dir).await;
     pool.close().await;
     cluster.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -231,4 +243,47 @@ async fn a_database_crash_under_jct_up_loses_no_acknowledged_enqueue_and_it_reco
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_crash_under_serve_and_worker_processes_loses_nothing_and_both_recover_by_themselves() {
     a_crash_under(&["serve", "worker"]).await;
+}
+
+/// When every pooled connection stays busy, a request waits for one at most `JCT_DB_ACQUIRE_TIMEOUT_SECONDS` and gets a
+/// 503 with `Retry-After`; the requests that held the connections finish once they can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_that_finds_no_free_connection_gets_503_once_the_configured_acquire_timeout_is_over() {
+    let dir = devdb::scratch_dir("acquire-timeout");
+    let url = devdb::test_server().await.expect("test server").fresh_database().await.expect("fresh database");
+    let bind = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{bind}");
+    let settings = [("JCT_DB_POOL_SIZE", "2"), ("JCT_DB_ACQUIRE_TIMEOUT_SECONDS", "2")];
+    let mut processes = [("serve", spawn("serve", &url, &bind, &dir, &settings))];
+    wait_for_health(&base, &mut processes, &dir).await;
+    let tasks = format!("{base}/tasks");
+    // Well under the default acquire timeout (30 s): a request that waited that long fails the test.
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    assert_eq!(http.get(&tasks).send().await.unwrap().status(), reqwest::StatusCode::OK);
+
+    // Every `GET /tasks` now holds its connection until the lock is released: three of them need three
+    // connections, and the pool has two.
+    let pool = PgPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("lock table tasks in access exclusive mode").execute(&mut *lock).await.unwrap();
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let (http, tasks) = (http.clone(), tasks.clone());
+        requests.spawn(async move { http.get(&tasks).send().await });
+    }
+    let first = requests.join_next().await.unwrap().unwrap().expect("an answer while the connections are held");
+    assert_eq!(first.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(first.headers()["retry-after"], "1");
+    let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
+    assert!(log.contains("pool timed out"), "{log}");
+
+    lock.rollback().await.unwrap();
+    while let Some(answer) = requests.join_next().await {
+        let status = answer.unwrap().expect("an answer once the lock is released").status();
+        assert!(status == reqwest::StatusCode::OK || status == reqwest::StatusCode::SERVICE_UNAVAILABLE, "{status}");
+    }
+    assert_eq!(http.get(&tasks).send().await.unwrap().status(), reqwest::StatusCode::OK);
+    interrupt_and_wait(&mut processes, &dir).await;
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

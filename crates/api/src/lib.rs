@@ -12,6 +12,7 @@ mod doc;
 pub mod error;
 pub mod metrics;
 pub mod middleware;
+pub mod spec;
 mod system;
 pub mod tasks;
 
@@ -47,7 +48,7 @@ pub enum ApiTags {
     Audit,
 }
 
-/// The OpenAPI service: every operation, for serving and for writing `openapi/openapi.yaml`.
+/// The OpenAPI service: every operation, for serving; its document, rewritten for client generators, is [`spec`]'s.
 pub fn openapi_service() -> OpenApiService<(system::SystemApi, tasks::TasksApi, cwom::CwomApi, audit::AuditApi), ()> {
     OpenApiService::new(
         (system::SystemApi, tasks::TasksApi, cwom::CwomApi, audit::AuditApi),
@@ -66,11 +67,19 @@ pub fn openapi_service() -> OpenApiService<(system::SystemApi, tasks::TasksApi, 
     .server("http://127.0.0.1:8000")
 }
 
-/// The whole HTTP application: the API, `/openapi.json`, `/docs`, and the middleware.
+/// The whole HTTP application: the API, `/openapi.json` and `/openapi.yaml` ([`spec`]), `/docs`, and the middleware.
 pub fn endpoint(app: App, config: HttpConfig) -> impl Endpoint<Output = poem::Response> {
     let service = openapi_service();
-    let spec_json = service.spec_endpoint();
-    let spec_yaml = service.spec_endpoint_yaml();
+    let (json, yaml) = (spec::spec_json(), spec::spec_yaml());
+    let spec_json = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder().content_type("application/json").body(json.clone())
+    });
+    let spec_yaml = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/x-yaml")
+            .header("Content-Disposition", "inline; filename=\"spec.yaml\"")
+            .body(yaml.clone())
+    });
     let docs = service.swagger_ui();
     let metrics = Arc::new(metrics::Metrics::new());
     let routes = Route::new()

@@ -179,7 +179,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             result?;
         }
         Command::Bench { database, command } => bench::run(&database, command).await?,
-        Command::Openapi => print!("{}", api::openapi_service().spec_yaml()),
+        Command::Openapi => print!("{}", api::spec::spec_yaml()),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -59,10 +59,10 @@ pub fn openapi_service() -> OpenApiService<(system::SystemApi, tasks::TasksApi, 
         "The control tower for AI-assisted development work: submit tasks, track them, and query the \
              event log that records everything. Every command appends events to the audit log.\n\n\
              While the database is unavailable (restarting, unreachable, or no connection free in time), any \
-             operation that uses it answers 503 (declared on each) with `{\"detail\": \"The database is unavailable; retry \
-             shortly\"}` and a `Retry-After` header (seconds). A command answered 503 may still have been \
-             recorded if the database went away while it committed; an enqueue sent again with the same \
-             `idempotency_key` is safe either way.",
+             operation that uses it answers 503 (declared on each) with `{\"detail\": \"The database is \
+             unavailable; retry shortly\"}` and a `Retry-After` header (seconds). A command answered 503 may \
+             still have been recorded if the database went away while it committed; an enqueue sent again with \
+             the same `idempotency_key` is safe either way.",
     )
     .server("http://127.0.0.1:8000")
 }

@@ -27,13 +27,12 @@ impl Drop for Process {
     }
 }
 
-/// `jct <command>` on `url`, with its files under `dir` (trace folders in `dir/traces`) and `env` besides the
+/// `jct <command>` on `url`, with its files under `dir` (trace folders in `dir/traces`) and `env` on top of the
 /// test's settings; its log goes to `dir/<command>.log`.
 fn spawn(command: &str, url: &str, bind: &str, dir: &Path, env: &[(&str, &str)]) -> Process {
     let log = std::fs::File::create(dir.join(format!("{command}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_jct"))
         .arg(command)
-        .envs(env.iter().copied())
         .env("DATABASE_URL", url)
         .env("JCT_BIND", bind)
         .env("JCT_DATA_DIR", dir)
@@ -41,6 +40,7 @@ fn spawn(command: &str, url: &str, bind: &str, dir: &Path, env: &[(&str, &str)])
         .env("JCT_WORKER_STUB_DURATION", "20ms")
         .env("JCT_WORKER_POLL_INTERVAL", "200ms")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)

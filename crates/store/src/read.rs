@@ -178,8 +178,7 @@ pub async fn read_streams<'c>(
     executor: impl PgExecutor<'c>,
     streams: &[StreamId],
 ) -> anyhow::Result<Vec<RecordedEvent>> {
-    let whole: Vec<(StreamId, i32)> = streams.iter().map(|stream| (stream.clone(), i32::MAX)).collect();
-    read_stream_prefixes(executor, &whole).await
+    read_bounded(executor, streams.iter().map(|stream| (stream, i32::MAX))).await
 }
 
 /// The events of several streams before a version each (`(stream, version)`: its events up to `version - 1`), in one
@@ -189,12 +188,23 @@ pub async fn read_stream_prefixes<'c>(
     executor: impl PgExecutor<'c>,
     streams: &[(StreamId, i32)],
 ) -> anyhow::Result<Vec<RecordedEvent>> {
-    if streams.is_empty() {
+    read_bounded(executor, streams.iter().map(|(stream, version)| (stream, *version))).await
+}
+
+/// [`read_streams_sql`] for `(stream, the version it is read up to)`, without copying the streams' names.
+async fn read_bounded<'s, 'c>(
+    executor: impl PgExecutor<'c>,
+    streams: impl Iterator<Item = (&'s StreamId, i32)>,
+) -> anyhow::Result<Vec<RecordedEvent>> {
+    let (mut kinds, mut ids, mut before) = (Vec::new(), Vec::new(), Vec::new());
+    for (stream, version) in streams {
+        kinds.push(stream.kind.as_str());
+        ids.push(stream.id.as_str());
+        before.push(version);
+    }
+    if kinds.is_empty() {
         return Ok(Vec::new());
     }
-    let kinds: Vec<&str> = streams.iter().map(|(stream, _)| stream.kind.as_str()).collect();
-    let ids: Vec<&str> = streams.iter().map(|(stream, _)| stream.id.as_str()).collect();
-    let before: Vec<i32> = streams.iter().map(|(_, version)| *version).collect();
     let rows = sqlx::query(&read_streams_sql())
         .bind(&kinds)
         .bind(&ids)

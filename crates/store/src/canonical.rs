@@ -302,16 +302,20 @@ fn write_string(out: &mut Vec<u8>, text: &str) {
 fn write_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
+            // serde_json's map is already in key order unless `preserve_order` is on; the members are sorted only
+            // then, and each value is taken with its key rather than looked up again by it.
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            if !members.is_sorted_by_key(|(key, _)| *key) {
+                members.sort_unstable_by_key(|(key, _)| *key);
+            }
             out.push(b'{');
-            for (key_idx, key) in keys.into_iter().enumerate() {
-                if key_idx > 0 {
+            for (member_idx, (key, value)) in members.into_iter().enumerate() {
+                if member_idx > 0 {
                     out.push(b',');
                 }
                 write_string(out, key);
                 out.push(b':');
-                write_value(out, &map[key]);
+                write_value(out, value);
             }
             out.push(b'}');
         }

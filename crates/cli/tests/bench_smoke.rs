@@ -27,6 +27,17 @@ async fn bench_with_env(args: &[&str], env: &[(&str, &str)]) -> String {
     stdout
 }
 
+/// PostgreSQL's own insert rate, at one client and at 16, came before the bench's figures.
+fn assert_baseline(output: &str) {
+    let yardstick =
+        output.find("# PostgreSQL's own rate in this run").unwrap_or_else(|| panic!("no baseline in:\n{output}"));
+    for clients in [1, 16] {
+        let label = format!("postgres raw insert 1 KB jsonb, c={clients} ");
+        assert!(figure(output, &label, &format!("c={clients}")) > 0.0, "{output}");
+        assert!(output.find(&label).expect("printed") > yardstick, "{output}");
+    }
+}
+
 /// The line of `output` that contains `label`.
 fn line<'o>(output: &'o str, label: &str) -> &'o str {
     output.lines().find(|line| line.contains(label)).unwrap_or_else(|| panic!("no line with {label:?} in:\n{output}"))
@@ -81,6 +92,10 @@ async fn bench_worker_prints_wake_latency_throughput_and_overhead_and_keeps_its_
     assert!(figure(&output, "worker overhead per task", "inline):") > 0.0, "{output}");
     assert!(line(&output, "worker overhead per task").ends_with("(5 tasks)"), "{output}");
     assert!(figure(&output, "this process's CPU", "included):") > 0.0, "{output}");
+    assert_baseline(&output);
+    assert!(figure(&output, "against PostgreSQL's own rate", "end to end") > 0.0, "{output}");
+    assert!(figure(&output, "against PostgreSQL's own rate", "worker alone") > 0.0, "{output}");
+    assert!(figure(&output, "against PostgreSQL's own rate", "the time of") > 0.0, "{output}");
 
     // The kept log reads back batch by batch, as the runbook does; then it goes.
     let kept =
@@ -132,6 +147,7 @@ async fn bench_forensics_rebuilds_equal_read_models_and_verifies_the_chain() {
     assert!(figure(&output, "rebuild of every projection, in all", "in all") > 0.0, "{output}");
     assert!(line(&output, "rebuilt read models equal the caught-up ones").contains("  yes ("), "{output}");
     assert!(line(&output, "audit verify (hash chain)").contains("ok=true"), "{output}");
+    assert_baseline(&output);
 }
 
 #[tokio::test]
@@ -152,5 +168,6 @@ async fn bench_service_drives_each_topology_over_http_and_every_task_starts() {
             figure(&output, "CPU a task during the load", process);
         }
         assert!(figure(&output, "CPU a task during the load", "the machine") > 0.0, "{output}");
+        assert_baseline(&output);
     }
 }

@@ -123,7 +123,9 @@ pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Resu
     };
     let result = match command {
         BenchCommand::Append { seconds } => append::run(&scratch.pool, Duration::from_secs(seconds)).await,
-        BenchCommand::Forensics { events, queries, .. } => forensics::run(&scratch.pool, events, queries).await,
+        BenchCommand::Forensics { events, queries, .. } => {
+            after_baseline(&scratch.pool, forensics::run(&scratch.pool, events, queries)).await
+        }
         BenchCommand::Worker {
             idle_samples, rate, seconds, tasks, overhead_tasks, concurrency, create_cwom, ..
         } => {
@@ -136,8 +138,7 @@ pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Resu
                 concurrency,
                 create_cwom,
             };
-            println!("# jct bench worker (worker, projectors and PostgreSQL on this machine)");
-            worker::bench::bench_worker(&scratch.pool, &options).await.map(|report| println!("{report}"))
+            bench_worker(&scratch.pool, &options).await
         }
         BenchCommand::Service { topology, rate, seconds, warmup, concurrency, clients, drain_seconds } => {
             let options = service::ServiceOptions {
@@ -149,7 +150,8 @@ pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Resu
                 clients,
                 drain: Duration::from_secs(drain_seconds),
             };
-            service::run(&scratch.pool, &scratch.url(&database)?, &options).await
+            let url = scratch.url(&database)?;
+            after_baseline(&scratch.pool, service::run(&scratch.pool, &url, &options)).await
         }
         BenchCommand::Enqueue { seconds, concurrency } => {
             enqueue::run(&scratch.pool, Duration::from_secs(seconds), concurrency).await
@@ -163,6 +165,31 @@ pub async fn run(database: &DatabaseArgs, command: BenchCommand) -> anyhow::Resu
     }
     database.close().await;
     result
+}
+
+/// `jct bench worker`: the worker's figures, then each as a ratio to PostgreSQL's own rate measured first.
+async fn bench_worker(pool: &PgPool, options: &worker::bench::BenchOptions) -> anyhow::Result<()> {
+    println!("# jct bench worker (worker, projectors and PostgreSQL on this machine)");
+    let baseline = raw::Baseline::measure(pool).await?;
+    let report = worker::bench::bench_worker(pool, options).await?;
+    println!("{report}");
+    println!(
+        "  against PostgreSQL's own rate in this run: end to end {:.1}% and the worker alone {:.1}% of the raw \
+         inserts at c=16; the overhead per task the time of {:.1} raw inserts at c=1",
+        baseline.percent_of_rate(report.tasks_per_second),
+        baseline.percent_of_rate(report.worker_alone_tasks_per_second),
+        baseline.in_single_inserts(report.overhead_ms_per_task)
+    );
+    Ok(())
+}
+
+/// Measures and prints PostgreSQL's own rate ([`raw::Baseline`]), then runs `bench`, whose figures read against it.
+async fn after_baseline(
+    pool: &PgPool,
+    bench: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    raw::Baseline::measure(pool).await?;
+    bench.await
 }
 
 /// A migrated scratch database.

@@ -52,6 +52,12 @@ pub trait Projection: Send + Sync + 'static {
         Ok(())
     }
 
+    /// [`Projection::apply_batch`] for a caller that hands the events over (the runner's batches), so that a
+    /// projection keeping some of them in memory may take them instead of copying them. The default lends them.
+    async fn apply_owned_batch(&self, conn: &mut PgConnection, events: Vec<RecordedEvent>) -> anyhow::Result<()> {
+        self.apply_batch(conn, &events).await
+    }
+
     /// The statements that apply a batch as [`Projection::apply_batch`] does, when it applies batches that way:
     /// computed from the events alone (nothing read first), for the same batches `apply_batch` takes. Inline
     /// appends send them in the append's pipeline ([`store::InlineProjector::pipelined_statements`]); a projection

@@ -162,7 +162,7 @@ pub async fn apply_batch(
     };
     let covered = usize::try_from(last - position).context("positions move forward")?;
     let events: Vec<_> = events.into_iter().map(|event| upcasters.upcast(event)).collect();
-    projection.apply_batch(&mut tx, &events).await?;
+    projection.apply_owned_batch(&mut tx, events).await?;
     sqlx::query("update projection_checkpoints set position = $2, updated_at = now() where name = $1")
         .bind(projection.name())
         .bind(last)

@@ -309,34 +309,43 @@ impl Projection for TraceProjection {
     }
 
     /// A folder depends on its whole stream, so a batch renders each task it touches once, at its last event.
+    /// Lends the events to [`Projection::apply_owned_batch`], which keeps what it caches.
     async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        self.apply_owned_batch(conn, events.to_vec()).await
+    }
+
+    /// [`Projection::apply_batch`], moving the events it caches instead of copying them: the runner's batches.
+    async fn apply_owned_batch(&self, conn: &mut PgConnection, events: Vec<RecordedEvent>) -> anyhow::Result<()> {
+        // Each task's newest event here, as (stream, version): a task whose newest event is a young claim renders
+        // nothing now, whatever the log holds after it (see `renders_now`), and its stream is not even read.
         let mut seen = std::collections::HashSet::new();
-        let mut last: Vec<&RecordedEvent> = Vec::new();
+        let mut last: Vec<(StreamId, i32)> = Vec::new();
         for event in events.iter().rev() {
-            if event.stream.kind == EntityKind::Task && seen.insert(&event.stream) {
-                last.push(event);
+            if event.stream.kind == EntityKind::Task
+                && seen.insert(&event.stream)
+                && may_render(event)
+                && !claimed_just_now(event)
+            {
+                last.push((event.stream.clone(), event.stream_version));
             }
         }
-        // A task whose newest event here is a young claim renders nothing now, whatever the log holds after it (see
-        // `renders_now`): its stream is not even read.
-        let last: Vec<&RecordedEvent> =
-            last.into_iter().rev().filter(|event| may_render(event) && !claimed_just_now(event)).collect();
+        last.reverse();
         // Streams the cache holds (taken out: rendered now, or never, as below); the rest of each, or the whole of
         // those it does not hold, in one round trip.
         let mut by_stream: HashMap<String, Vec<RecordedEvent>> = HashMap::new();
         let mut to_read: Vec<(StreamId, i32)> = Vec::new();
         {
             let mut cache = self.streams.lock().expect("not poisoned");
-            for event in events.iter().filter(|event| event.stream.kind == EntityKind::Task) {
+            for event in events.into_iter().filter(|event| event.stream.kind == EntityKind::Task) {
                 cache.observe(event);
             }
-            for event in &last {
-                let held = cache.take(&event.stream.id).unwrap_or_default();
+            for (stream, _) in &last {
+                let held = cache.take(&stream.id).unwrap_or_default();
                 let first = held.first().map_or(i32::MAX, |first| first.stream_version);
                 if first > 1 {
-                    to_read.push((event.stream.clone(), first));
+                    to_read.push((stream.clone(), first));
                 }
-                by_stream.insert(event.stream.id.clone(), held);
+                by_stream.insert(stream.id.clone(), held);
             }
         }
         let mut read: HashMap<String, Vec<RecordedEvent>> = HashMap::new();
@@ -363,9 +372,9 @@ impl Projection for TraceProjection {
         // ran (cancelled while queued), or one whose later event in the log will render it.
         let mut to_write: Vec<(String, Vec<RecordedEvent>)> = last
             .into_iter()
-            .filter_map(|event| {
-                let stream = by_stream.remove(&event.stream.id)?;
-                renders_now(event, &stream).then(|| (event.stream.id.clone(), stream))
+            .filter_map(|(stream_id, version)| {
+                let stream = by_stream.remove(&stream_id.id)?;
+                renders_now(version, &stream).then_some((stream_id.id, stream))
             })
             .collect();
         let mut writing = futures::stream::FuturesUnordered::new();
@@ -524,12 +533,12 @@ fn may_render(event: &RecordedEvent) -> bool {
     true
 }
 
-/// Whether `stream` (the task's whole stream, up to `event` at least) is to be rendered now: not when a later
-/// event will render it, for a task that never ran, nor for an attempt claimed less than [`CLAIM_RENDER_DELAY`]
+/// Whether `stream` (the task's whole stream, up to `version`, its newest event in a batch, at least) is to be
+/// rendered now: not when a later event will render it, for a task that never ran, nor for an attempt claimed less than [`CLAIM_RENDER_DELAY`]
 /// ago whose claim is still the stream's last event.
-fn renders_now(event: &RecordedEvent, stream: &[RecordedEvent]) -> bool {
+fn renders_now(version: i32, stream: &[RecordedEvent]) -> bool {
     let Some(last) = stream.last() else { return false };
-    if last.stream_version > event.stream_version {
+    if last.stream_version > version {
         return false;
     }
     if !stream.iter().any(|event| event.event_type == events::TASK_CLAIMED) {
@@ -565,19 +574,18 @@ impl StreamCache {
 
     /// Takes in the next event of a task stream: the next one of a stretch held extends it; anything else held
     /// (a gap or a repeat) drops the stretch; an event of a stream not held begins a stretch (while there is room).
-    fn observe(&mut self, event: &RecordedEvent) {
-        let id = &event.stream.id;
+    fn observe(&mut self, event: RecordedEvent) {
         let room = self.streams.len() < self.capacity;
-        match self.streams.get_mut(id) {
+        match self.streams.get_mut(&event.stream.id) {
             Some(stream) => {
                 if stream.last().is_some_and(|last| last.stream_version + 1 == event.stream_version) {
-                    stream.push(event.clone());
+                    stream.push(event);
                 } else {
-                    self.streams.remove(id);
+                    self.streams.remove(&event.stream.id);
                 }
             }
             None if room => {
-                self.streams.insert(id.clone(), vec![event.clone()]);
+                self.streams.insert(event.stream.id.clone(), vec![event]);
             }
             None => {}
         }
@@ -1092,32 +1100,32 @@ mod tests {
         let second = task_event(2, events::TASK_ENQUEUED, now);
         let third = task_event(3, events::TASK_CLAIMED, now);
         let fourth = task_event(4, events::RUN_STARTED, now);
-        cache.observe(&first);
-        cache.observe(&second);
+        cache.observe(first.clone());
+        cache.observe(second.clone());
         let mut other = task_event(1, events::TASK_CREATED, now);
         other.stream.id = "01JCT0000000000000000TASK2".into();
-        cache.observe(&other);
+        cache.observe(other.clone());
         assert!(cache.take(&other.stream.id).is_none(), "no room for a second stream");
-        cache.observe(&third);
+        cache.observe(third.clone());
         assert_eq!(versions(cache.take(&first.stream.id)), Some(vec![1, 2, 3]), "seen whole, in order");
         assert!(cache.take(&first.stream.id).is_none(), "taken out");
 
         // A stream first seen after its start: the stretch from there (the rest is read back from the log).
-        cache.observe(&third);
-        cache.observe(&fourth);
+        cache.observe(third.clone());
+        cache.observe(fourth.clone());
         assert_eq!(versions(cache.take(&first.stream.id)), Some(vec![3, 4]), "from its claim");
 
-        cache.observe(&first);
-        cache.observe(&third);
+        cache.observe(first.clone());
+        cache.observe(third.clone());
         assert!(cache.take(&first.stream.id).is_none(), "a gap drops the stretch");
-        cache.observe(&first);
-        cache.observe(&second);
-        cache.observe(&second);
+        cache.observe(first.clone());
+        cache.observe(second.clone());
+        cache.observe(second.clone());
         assert!(cache.take(&first.stream.id).is_none(), "a repeat drops the stretch");
-        cache.observe(&third);
+        cache.observe(third.clone());
         assert_eq!(versions(cache.take(&first.stream.id)), Some(vec![3]), "the next event begins another");
         let mut none = StreamCache::with_capacity(0);
-        none.observe(&first);
+        none.observe(first.clone());
         assert!(none.take(&first.stream.id).is_none(), "a cache of no streams holds none");
     }
 
@@ -1133,14 +1141,14 @@ mod tests {
             ]
         };
         let young = stream(now);
-        assert!(!renders_now(&young[3], &young), "claimed just now: wait for the next event");
+        assert!(!renders_now(young[3].stream_version, &young), "claimed just now: wait for the next event");
         let mut ended = young.clone();
         ended.push(task_event(5, events::TASK_COMPLETED, now));
-        assert!(renders_now(&ended[4], &ended), "the end renders it");
-        assert!(!renders_now(&ended[3], &ended), "a later event will");
+        assert!(renders_now(ended[4].stream_version, &ended), "the end renders it");
+        assert!(!renders_now(ended[3].stream_version, &ended), "a later event will");
         let old = stream(now - chrono::TimeDelta::seconds(2));
-        assert!(renders_now(&old[3], &old), "claimed two seconds ago: rendered at once");
+        assert!(renders_now(old[3].stream_version, &old), "claimed two seconds ago: rendered at once");
         let queued = old[..2].to_vec();
-        assert!(!renders_now(&queued[1], &queued), "never claimed: no folder");
+        assert!(!renders_now(queued[1].stream_version, &queued), "never claimed: no folder");
     }
 }

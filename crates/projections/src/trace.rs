@@ -309,9 +309,10 @@ impl Projection for TraceProjection {
     }
 
     /// A folder depends on its whole stream, so a batch renders each task it touches once, at its last event.
-    /// Lends the events to [`Projection::apply_owned_batch`], which keeps what it caches.
+    /// Copies the task events (all that a folder reads) for [`Projection::apply_owned_batch`], which keeps some.
     async fn apply_batch(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> anyhow::Result<()> {
-        self.apply_owned_batch(conn, events.to_vec()).await
+        let task_events = events.iter().filter(|event| event.stream.kind == EntityKind::Task).cloned().collect();
+        self.apply_owned_batch(conn, task_events).await
     }
 
     /// [`Projection::apply_batch`], moving the events it caches instead of copying them: the runner's batches.

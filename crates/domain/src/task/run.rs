@@ -687,15 +687,17 @@ pub fn handler_input(state: &TaskState, attempt: u32, run_id: &str, cwom: Option
             fields.remove(lifecycle_field);
         }
     }
-    json!({
-        "task_id": state.task_id,
-        "trace_id": state.trace_id,
-        "attempt": attempt,
-        "run_id": run_id,
-        "task": task,
-        "context_packet": cwom.and_then(|cwom| cwom.context_packet.clone()),
-        "constraint_snapshot": cwom.and_then(|cwom| cwom.constraint_snapshot.clone()),
-    })
+    // Built member by member: `json!` would serialise each document again into a copy of the copy taken here.
+    let document = |document: Option<&Value>| document.cloned().unwrap_or(Value::Null);
+    let mut input = serde_json::Map::new();
+    input.insert("task_id".into(), state.task_id.clone().into());
+    input.insert("trace_id".into(), state.trace_id.clone().map_or(Value::Null, Value::String));
+    input.insert("attempt".into(), attempt.into());
+    input.insert("run_id".into(), run_id.into());
+    input.insert("task".into(), task);
+    input.insert("context_packet".into(), document(cwom.and_then(|cwom| cwom.context_packet.as_ref())));
+    input.insert("constraint_snapshot".into(), document(cwom.and_then(|cwom| cwom.constraint_snapshot.as_ref())));
+    Value::Object(input)
 }
 
 fn start_attempt(state: &TaskState, claim: &Claim<'_>) -> Vec<NewEvent> {
@@ -721,8 +723,18 @@ fn start_attempt(state: &TaskState, claim: &Claim<'_>) -> Vec<NewEvent> {
         started_at: claim.now,
         executor: claim.executor.clone(),
         time_budget_seconds: claim.time_budget_seconds,
-        input: handler_input(state, attempt, claim.run_id, cwom),
+        // Put into the payload below, after the rest is serialised: serialising it would copy it once more.
+        input: Value::Null,
     };
+    let mut run_started = task_event(
+        state,
+        &actor,
+        events::RUN_STARTED,
+        &started,
+        None,
+        format!("Run {} started (attempt {attempt}, executor {})", claim.run_id, claim.executor.kind),
+    );
+    run_started.data.payload["input"] = handler_input(state, attempt, claim.run_id, cwom);
     // A lease-expired attempt was folded as `queued` by the preceding event of the same command.
     let from = if state.status == TaskStatus::Running { TaskStatus::Queued } else { state.status };
     let mut new_events = vec![
@@ -734,14 +746,7 @@ fn start_attempt(state: &TaskState, claim: &Claim<'_>) -> Vec<NewEvent> {
             Some((from, TaskStatus::Running)),
             format!("Status changed: {} -> running (attempt {attempt}, claimed by {})", from.as_str(), claim.worker_id),
         ),
-        task_event(
-            state,
-            &actor,
-            events::RUN_STARTED,
-            &started,
-            None,
-            format!("Run {} started (attempt {attempt}, executor {})", claim.run_id, claim.executor.kind),
-        ),
+        run_started,
     ];
     if let Some(cwom) = cwom {
         let run = run_object(state, &claimed, claim, cwom);

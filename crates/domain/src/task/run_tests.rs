@@ -161,6 +161,10 @@ fn a_queued_task_is_claimed_as_attempt_1_with_a_lease_and_its_run_starts() {
     assert_eq!(input["task"]["objective"], "Add a /healthz endpoint");
     assert!(input["task"].get("status").is_none(), "lifecycle fields are not input");
     assert_eq!(input["context_packet"], Value::Null);
+    assert_eq!(input["constraint_snapshot"], Value::Null);
+    assert_eq!(input["run_id"], "RUN1");
+    let members: Vec<&str> = input.as_object().expect("an object").keys().map(String::as_str).collect();
+    assert_eq!(members, ["attempt", "constraint_snapshot", "context_packet", "run_id", "task", "task_id", "trace_id"]);
     assert_eq!(new_events[1].data.payload["executor"], json!({"kind": "stub", "version": "0.1.0"}));
 }
 

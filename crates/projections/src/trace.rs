@@ -535,8 +535,8 @@ fn may_render(event: &RecordedEvent) -> bool {
 }
 
 /// Whether `stream` (the task's whole stream, up to `version`, its newest event in a batch, at least) is to be
-/// rendered now: not when a later event will render it, for a task that never ran, nor for an attempt claimed less than [`CLAIM_RENDER_DELAY`]
-/// ago whose claim is still the stream's last event.
+/// rendered now: not when a later event will render it, for a task that never ran, nor for an attempt claimed less
+/// than [`CLAIM_RENDER_DELAY`] ago whose claim is still the stream's last event.
 fn renders_now(version: i32, stream: &[RecordedEvent]) -> bool {
     let Some(last) = stream.last() else { return false };
     if last.stream_version > version {

@@ -131,7 +131,7 @@ const CONSTRAINT_SNAPSHOT_IMMUTABLE: &str =
 // ---------------------------------------------------------------------------------------------------------
 // Responses.
 
-/// The description of every 401.
+/// A get by id: the object, 401, 404 (`$not_found`: the response's description), 422 for `as_of`, 503.
 macro_rules! get_response {
     ($name:ident, $ty:ty, $ok:literal, $not_found:literal) => {
         #[derive(ApiResponse)]

@@ -42,8 +42,8 @@ const BASELINE_SECONDS: u64 = 2;
 /// database right before a bench's phases: the yardstick the run's figures are read against, so that runs on
 /// different machines, or hours of a shared one, can be compared with what PostgreSQL itself did in each.
 pub struct Baseline {
-    pub one: Measured,
-    pub sixteen: Measured,
+    one: Measured,
+    sixteen: Measured,
 }
 
 impl Baseline {
